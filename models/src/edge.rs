@@ -1,0 +1,138 @@
+//! The edge segmentation model: an ONNX graph plus its manifest, run through ONNX Runtime.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use image::RgbImage;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::image_ops::{argmax_channels, resize_labels, softmax_channels, to_input_tensor};
+use crate::manifest::{LoadedManifest, Manifest, ManifestError};
+use crate::runtime::{RuntimeError, SessionConfig, build_session};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeModelError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("model {model} is not an edge segmenter (kind `{kind}`)")]
+    WrongKind { model: String, kind: String },
+    #[error("model output has shape {shape:?}, expected [1, {classes}, {height}, {width}]")]
+    OutputShape {
+        shape: Vec<i64>,
+        classes: usize,
+        height: u32,
+        width: u32,
+    },
+}
+
+/// What the edge model says about one frame.
+#[derive(Debug, Clone)]
+pub struct EdgeOutput {
+    /// Softmax class scores, CHW, at the model's input resolution.
+    pub probabilities: Vec<f32>,
+    pub classes: usize,
+    pub score_height: u32,
+    pub score_width: u32,
+    /// Argmax labels at the original image resolution.
+    pub labels: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    pub preprocess_ms: f64,
+    pub inference_ms: f64,
+    pub postprocess_ms: f64,
+}
+
+pub struct EdgeModel {
+    manifest: Manifest,
+    /// ONNX Runtime sessions need `&mut` to run; one frame at a time per model is what the 2-core robot wants.
+    session: Mutex<Session>,
+}
+
+impl EdgeModel {
+    /// Loads the model in `dir` after verifying the checksums in its manifest.
+    pub fn load(dir: &Path, config: SessionConfig) -> Result<Self, EdgeModelError> {
+        let loaded = LoadedManifest::load_verified(dir)?;
+        if loaded.manifest.kind != "edge-segmenter" {
+            return Err(EdgeModelError::WrongKind {
+                model: loaded.manifest.name.clone(),
+                kind: loaded.manifest.kind.clone(),
+            });
+        }
+        let session = build_session(&loaded.file("model")?, config)?;
+        Ok(Self {
+            manifest: loaded.manifest,
+            session: Mutex::new(session),
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.manifest.classes.len()
+    }
+
+    /// Raw logits for an already preprocessed NCHW tensor: the model alone, for benchmarks and parity tests.
+    pub fn logits(&self, input: &ndarray::Array4<f32>) -> Result<Vec<f32>, EdgeModelError> {
+        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tensor = TensorRef::from_array_view(input.view()).map_err(|e| RuntimeError::Run(e.to_string()))?;
+        let outputs = session
+            .run(ort::inputs![tensor])
+            .map_err(|e| RuntimeError::Run(e.to_string()))?;
+        let (shape, data) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| RuntimeError::Run(e.to_string()))?;
+        let (_, _, height, width) = input.dim();
+        let expected = [1, self.num_classes() as i64, height as i64, width as i64];
+        if shape.as_ref() != expected {
+            return Err(EdgeModelError::OutputShape {
+                shape: shape.to_vec(),
+                classes: self.num_classes(),
+                height: height as u32,
+                width: width as u32,
+            });
+        }
+        Ok(data.to_vec())
+    }
+
+    /// Segments one RGB frame.
+    pub fn segment(&self, image: &RgbImage) -> Result<EdgeOutput, EdgeModelError> {
+        let start = Instant::now();
+        let spec = &self.manifest.input;
+        let (input, _) = to_input_tensor(image, spec);
+        let preprocessed = Instant::now();
+        let mut probabilities = self.logits(&input)?;
+        let inferred = Instant::now();
+        let classes = self.num_classes();
+        softmax_channels(&mut probabilities, classes);
+        let model_labels = argmax_channels(&probabilities, classes);
+        let (width, height) = image.dimensions();
+        let labels = if (width, height) == (spec.width, spec.height) {
+            model_labels
+        } else {
+            resize_labels(&model_labels, spec.width, spec.height, width, height)
+        };
+        let done = Instant::now();
+        Ok(EdgeOutput {
+            probabilities,
+            classes,
+            score_height: spec.height,
+            score_width: spec.width,
+            labels,
+            width,
+            height,
+            preprocess_ms: ms(preprocessed - start),
+            inference_ms: ms(inferred - preprocessed),
+            postprocess_ms: ms(done - inferred),
+        })
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

@@ -1,0 +1,283 @@
+//! Shared pre- and post-processing, so no service re-implements them: decode, resize, normalise, letterbox,
+//! softmax, argmax, label maps as 8-bit PNG, coloured overlays.
+
+use std::io::Cursor;
+
+use image::imageops::FilterType;
+use image::{GrayImage, ImageFormat, RgbImage};
+use ndarray::Array4;
+
+use crate::manifest::{InputSpec, ResizeMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("the image is empty")]
+    Empty,
+    #[error("unsupported image format (expected PNG or JPEG)")]
+    UnsupportedFormat,
+    #[error("the image could not be decoded: {0}")]
+    Decode(String),
+    #[error("the image is {width}x{height} = {pixels} pixels, more than the limit of {limit}")]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        limit: u64,
+    },
+    #[error("the label map has {actual} pixels, expected {expected}")]
+    LabelSize { expected: usize, actual: usize },
+}
+
+/// Decodes PNG or JPEG bytes to RGB, refusing images above `max_pixels` before decoding the pixel data.
+pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let format = image::guess_format(bytes).map_err(|_| ImageError::UnsupportedFormat)?;
+    if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg) {
+        return Err(ImageError::UnsupportedFormat);
+    }
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(4).max(1 << 20));
+    reader.limits(limits);
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(ImageError::TooManyPixels {
+            width,
+            height,
+            pixels,
+            limit: max_pixels,
+        });
+    }
+    let decoded = image::load_from_memory_with_format(bytes, format)
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    Ok(decoded.to_rgb8())
+}
+
+/// How an original image maps into the model input: the scale and the size of the resized content.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    pub scale_x: f32,
+    pub scale_y: f32,
+    pub content_width: u32,
+    pub content_height: u32,
+}
+
+/// Resizes and normalises an RGB image into an NCHW tensor as the manifest's input spec says.
+pub fn to_input_tensor(image: &RgbImage, spec: &InputSpec) -> (Array4<f32>, Letterbox) {
+    let (width, height) = image.dimensions();
+    let (content_width, content_height) = match spec.resize {
+        ResizeMode::Stretch => (spec.width, spec.height),
+        ResizeMode::LongestSidePad => {
+            let scale = spec.width.max(spec.height) as f32 / width.max(height) as f32;
+            (
+                ((width as f32 * scale) + 0.5).floor() as u32,
+                ((height as f32 * scale) + 0.5).floor() as u32,
+            )
+        }
+    };
+    let resized;
+    let source = if (content_width, content_height) == (width, height) {
+        image
+    } else {
+        resized = image::imageops::resize(image, content_width, content_height, FilterType::Triangle);
+        &resized
+    };
+    let mut tensor = Array4::<f32>::zeros((1, 3, spec.height as usize, spec.width as usize));
+    let plane = (spec.height * spec.width) as usize;
+    let data = tensor.as_slice_mut().expect("fresh array is contiguous");
+    let row = spec.width as usize;
+    for (x, y, pixel) in source.enumerate_pixels() {
+        let offset = y as usize * row + x as usize;
+        for c in 0..3 {
+            data[c * plane + offset] = (f32::from(pixel[c]) - spec.mean[c]) / spec.std[c];
+        }
+    }
+    let letterbox = Letterbox {
+        scale_x: content_width as f32 / width as f32,
+        scale_y: content_height as f32 / height as f32,
+        content_width,
+        content_height,
+    };
+    (tensor, letterbox)
+}
+
+/// Softmax over the class axis of a CHW score map, in place.
+pub fn softmax_channels(scores: &mut [f32], classes: usize) {
+    let plane = scores.len() / classes;
+    for p in 0..plane {
+        let mut max = f32::NEG_INFINITY;
+        for c in 0..classes {
+            max = max.max(scores[c * plane + p]);
+        }
+        let mut sum = 0.0;
+        for c in 0..classes {
+            let e = (scores[c * plane + p] - max).exp();
+            scores[c * plane + p] = e;
+            sum += e;
+        }
+        let inv = 1.0 / sum;
+        for c in 0..classes {
+            scores[c * plane + p] *= inv;
+        }
+    }
+}
+
+/// Per-pixel argmax over the class axis of a CHW score map.
+pub fn argmax_channels(scores: &[f32], classes: usize) -> Vec<u8> {
+    let plane = scores.len() / classes;
+    let mut best = vec![0u8; plane];
+    let mut best_score = scores[..plane].to_vec();
+    for c in 1..classes {
+        let channel = &scores[c * plane..(c + 1) * plane];
+        for ((label, best), &s) in best.iter_mut().zip(best_score.iter_mut()).zip(channel) {
+            if s > *best {
+                *best = s;
+                *label = c as u8;
+            }
+        }
+    }
+    best
+}
+
+/// Pixel count of every class in a label map (labels at or above `classes` are not counted).
+pub fn class_counts(labels: &[u8], classes: usize) -> Vec<u64> {
+    let mut counts = vec![0u64; classes];
+    for &l in labels {
+        if let Some(count) = counts.get_mut(usize::from(l)) {
+            *count += 1;
+        }
+    }
+    counts
+}
+
+/// Encodes a label map as an 8-bit greyscale PNG of class indices.
+pub fn encode_label_png(labels: &[u8], width: u32, height: u32) -> Result<Vec<u8>, ImageError> {
+    let expected = width as usize * height as usize;
+    if labels.len() != expected {
+        return Err(ImageError::LabelSize {
+            expected,
+            actual: labels.len(),
+        });
+    }
+    let image = GrayImage::from_raw(width, height, labels.to_vec()).expect("size checked");
+    let mut out = Vec::new();
+    image
+        .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    Ok(out)
+}
+
+/// Decodes an 8-bit greyscale PNG of class indices.
+pub fn decode_label_png(bytes: &[u8]) -> Result<GrayImage, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let image = image::load_from_memory_with_format(bytes, ImageFormat::Png)
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    Ok(image.to_luma8())
+}
+
+/// Colours a label map with the palette, blended over the image (`alpha` = weight of the label colour).
+/// Labels outside the palette keep the image pixel.
+pub fn overlay(image: &RgbImage, labels: &[u8], palette: &[[u8; 3]], alpha: f32) -> RgbImage {
+    let mut out = image.clone();
+    for (pixel, &label) in out.pixels_mut().zip(labels) {
+        if let Some(color) = palette.get(usize::from(label)) {
+            for c in 0..3 {
+                pixel[c] = (f32::from(pixel[c]) * (1.0 - alpha) + f32::from(color[c]) * alpha).round() as u8;
+            }
+        }
+    }
+    out
+}
+
+/// Nearest-neighbour resize of a label map (labels must never be interpolated).
+pub fn resize_labels(labels: &[u8], width: u32, height: u32, new_width: u32, new_height: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(new_width as usize * new_height as usize);
+    for y in 0..new_height {
+        let sy = ((y as u64 * height as u64) / new_height as u64) as usize;
+        for x in 0..new_width {
+            let sx = ((x as u64 * width as u64) / new_width as u64) as usize;
+            out.push(labels[sy * width as usize + sx]);
+        }
+    }
+    out
+}
+
+pub fn encode_png(image: &RgbImage) -> Result<Vec<u8>, ImageError> {
+    let mut out = Vec::new();
+    image
+        .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_argmax_picks_the_largest() {
+        // 3 classes, 2 pixels.
+        let mut scores = vec![1.0, 4.0, 3.0, 0.0, 2.0, 1.0];
+        softmax_channels(&mut scores, 3);
+        for p in 0..2 {
+            let sum: f32 = (0..3).map(|c| scores[c * 2 + p]).sum();
+            assert!((sum - 1.0).abs() < 1e-6);
+        }
+        assert_eq!(argmax_channels(&scores, 3), vec![1, 0]);
+    }
+
+    #[test]
+    fn label_png_round_trips() {
+        let labels: Vec<u8> = (0..12).map(|i| (i % 12) as u8).collect();
+        let png = encode_label_png(&labels, 4, 3).unwrap();
+        let back = decode_label_png(&png).unwrap();
+        assert_eq!(back.into_raw(), labels);
+    }
+
+    #[test]
+    fn label_png_refuses_a_wrong_size() {
+        assert!(matches!(
+            encode_label_png(&[0; 5], 2, 2),
+            Err(ImageError::LabelSize { expected: 4, actual: 5 })
+        ));
+    }
+
+    #[test]
+    fn decode_refuses_empty_garbage_and_oversized_images() {
+        assert!(matches!(decode_rgb(&[], 100), Err(ImageError::Empty)));
+        assert!(matches!(decode_rgb(b"hello world", 100), Err(ImageError::UnsupportedFormat)));
+        let png = encode_png(&RgbImage::new(20, 10)).unwrap();
+        assert!(matches!(decode_rgb(&png, 100), Err(ImageError::TooManyPixels { pixels: 200, .. })));
+        assert!(matches!(decode_rgb(&png[..png.len() / 2], 1000), Err(ImageError::Decode(_))));
+        assert_eq!(decode_rgb(&png, 1000).unwrap().dimensions(), (20, 10));
+    }
+
+    #[test]
+    fn longest_side_pad_keeps_aspect_and_pads_with_zero() {
+        let spec = InputSpec {
+            width: 8,
+            height: 8,
+            resize: ResizeMode::LongestSidePad,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        let image = RgbImage::from_pixel(4, 2, image::Rgb([10, 20, 30]));
+        let (tensor, letterbox) = to_input_tensor(&image, &spec);
+        assert_eq!((letterbox.content_width, letterbox.content_height), (8, 4));
+        assert_eq!(tensor[[0, 2, 3, 7]], 30.0);
+        assert_eq!(tensor[[0, 0, 4, 0]], 0.0);
+    }
+
+    #[test]
+    fn nearest_resize_of_labels_keeps_label_values() {
+        let labels = vec![0, 1, 2, 3];
+        assert_eq!(resize_labels(&labels, 2, 2, 4, 2), vec![0, 0, 1, 1, 2, 2, 3, 3]);
+    }
+}

@@ -1,0 +1,86 @@
+//! The process-wide ONNX Runtime environment and session construction.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+
+/// The library is loaded at run time (`load-dynamic`): the set-up installs it from PyPI's `onnxruntime` wheel.
+pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+
+static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// Threads ONNX Runtime may use for one session. On a 2-core robot the defaults are chosen on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    pub intra_threads: usize,
+    pub inter_threads: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            intra_threads: 2,
+            inter_threads: 1,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "ONNX Runtime could not be initialised: {0} (set {ORT_DYLIB_ENV} to libonnxruntime.so; `scripts/setup.sh` installs it)"
+    )]
+    Init(String),
+    #[error("cannot build an ONNX Runtime session for {path}: {message}")]
+    Session { path: PathBuf, message: String },
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// Loads the ONNX Runtime library once per process. Safe to call from many threads and many times.
+pub fn init_runtime() -> Result<&'static ort::environment::Environment, RuntimeError> {
+    let result = ENVIRONMENT.get_or_init(|| {
+        let path = dylib_path()?;
+        ort::init_from(&path)
+            .map_err(|e| format!("loading {}: {e}", path.display()))?
+            .with_name("perception")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    result.as_ref().map_err(|e| RuntimeError::Init(e.clone()))
+}
+
+fn dylib_path() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(ORT_DYLIB_ENV) {
+        return Ok(PathBuf::from(path));
+    }
+    // The set-up script's install location, so a fresh clone works without exporting anything.
+    let local = crate::paths::workspace_root().join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1");
+    if local.is_file() {
+        Ok(local)
+    } else {
+        Err(format!("{ORT_DYLIB_ENV} is not set and {} does not exist", local.display()))
+    }
+}
+
+/// Builds a session with full graph optimisation (which also fuses Conv+BatchNorm of our un-fused exports).
+pub fn build_session(path: &Path, config: SessionConfig) -> Result<Session, RuntimeError> {
+    let environment = init_runtime()?;
+    let session_err = |message: String| RuntimeError::Session {
+        path: path.to_path_buf(),
+        message,
+    };
+    Session::builder(environment)
+        .map_err(|e| session_err(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| session_err(e.to_string()))?
+        .with_intra_threads(config.intra_threads)
+        .map_err(|e| session_err(e.to_string()))?
+        .with_inter_threads(config.inter_threads)
+        .map_err(|e| session_err(e.to_string()))?
+        .commit_from_file(path)
+        .map_err(|e| session_err(e.to_string()))
+}

@@ -1,0 +1,15 @@
+//! Training and evaluation of the edge segmentation model with libtorch.
+//!
+//! The model architecture is defined once (`scripts/edge_model.py`), exported as a trainable TorchScript module and
+//! an ONNX graph with the same parameter names. This crate fine-tunes the TorchScript module and writes the trained
+//! weights back into the ONNX graph that the edge runs; the lifelong retraining job reuses it unchanged.
+
+pub mod data;
+pub mod export;
+pub mod progress;
+pub mod train;
+
+pub use train::{TrainConfig, Trainer};
+
+/// CamVid's "Unlabelled" label, ignored by the loss and by every metric.
+pub const IGNORE_LABEL: u8 = 11;

@@ -1,0 +1,201 @@
+//! `trainer`: train the edge model on an Ianvs-style index with libtorch, write the weights back into ONNX, and
+//! evaluate any model directory with ONNX Runtime.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use models::dataset::read_index;
+use models::evaluation::{evaluate_edge, median};
+use models::{EdgeModel, SessionConfig};
+use trainer::data::{Augmentation, load_frames};
+use trainer::export::{PublishInfo, publish};
+use trainer::{TrainConfig, Trainer};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fine-tune a model directory's trainable module and publish the result as a new model directory.
+    Train(TrainArgs),
+    /// Evaluate a model directory's ONNX graph on labelled index files: per-class IoU, mIoU, median latency.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Model directory to start from (manifest with `model` and `trainable` files).
+    #[arg(long, env = "TRAIN_MODEL", default_value = "models/edge/base")]
+    model: PathBuf,
+    /// Ianvs-style index of the training frames.
+    #[arg(long, env = "TRAIN_INDEX")]
+    train_index: PathBuf,
+    /// Index evaluated after every epoch.
+    #[arg(long, env = "VAL_INDEX")]
+    val_index: Option<PathBuf>,
+    /// Where the published model directory goes.
+    #[arg(long, env = "TRAIN_OUT")]
+    out: PathBuf,
+    /// Version written into the published manifest.
+    #[arg(long, default_value = "1.0.0")]
+    version: String,
+    #[arg(long, default_value_t = 60)]
+    epochs: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    learning_rate: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 50)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 256)]
+    crop_height: i64,
+    #[arg(long, default_value_t = 320)]
+    crop_width: i64,
+    #[arg(long, default_value_t = 0.75)]
+    min_scale: f64,
+    #[arg(long, default_value_t = 1.5)]
+    max_scale: f64,
+    #[arg(long, default_value_t = 0.25)]
+    jitter: f64,
+    /// Disable the 1/sqrt(frequency) class weighting of the loss.
+    #[arg(long)]
+    no_class_weighting: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Parameter-name prefixes to keep frozen (comma-separated; empty to train everything).
+    #[arg(long, value_delimiter = ',', default_value = "_conv_stem.,_bn0.,_blocks.0.,_blocks.1.,_blocks.2.")]
+    freeze: Vec<String>,
+    #[arg(long, default_value_t = 5)]
+    validate_every: usize,
+    /// Checkpoint directory; a run resumes from it. Default: `<out>.checkpoints`.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// libtorch threads.
+    #[arg(long, env = "TRAIN_THREADS", default_value_t = 2)]
+    threads: i32,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[arg(long, env = "EDGE_MODEL_DIR", default_value = "models/edge/current")]
+    model: PathBuf,
+    /// One or more index files; each is scored on its own.
+    #[arg(long = "index", required = true)]
+    indexes: Vec<PathBuf>,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Train(args) => train(args),
+        Command::Eval(args) => eval(args),
+    }
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    tch::set_num_threads(args.threads);
+    let mut trainer = Trainer::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
+    let frames = load_frames(&args.train_index)?;
+    let validation = match &args.val_index {
+        Some(index) => load_frames(index)?,
+        None => Vec::new(),
+    };
+    let checkpoint_dir = args
+        .checkpoint_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.checkpoints", args.out.display())));
+    let config = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.learning_rate,
+        weight_decay: args.weight_decay,
+        warmup_steps: args.warmup_steps,
+        augmentation: Augmentation {
+            crop_height: args.crop_height,
+            crop_width: args.crop_width,
+            min_scale: args.min_scale,
+            max_scale: args.max_scale,
+            flip: true,
+            jitter: args.jitter,
+        },
+        class_weighting: !args.no_class_weighting,
+        seed: args.seed,
+        freeze_prefixes: args.freeze.iter().filter(|p| !p.is_empty()).cloned().collect(),
+        validate_every: args.validate_every,
+        checkpoint_dir,
+    };
+    println!(
+        "training {} ({} frames, validation {}) for {} epochs",
+        args.model.display(),
+        frames.len(),
+        validation.len(),
+        config.epochs
+    );
+    let progress = trainer.fit(&frames, &validation, &config, |epoch, loss, scores| match scores {
+        Some(s) => println!("epoch {epoch:>3}  loss {loss:.4}  val mIoU {:.4}  pixel acc {:.4}", s.miou, s.pixel_accuracy),
+        None => println!("epoch {epoch:>3}  loss {loss:.4}"),
+    })?;
+    let mut metrics = BTreeMap::new();
+    if let Some(miou) = progress.validation_miou.last() {
+        metrics.insert("validation/miou".to_string(), *miou);
+    }
+    let info = PublishInfo {
+        version: args.version.clone(),
+        produced_by: format!(
+            "trainer train --train-index {} --epochs {} --batch-size {} --learning-rate {} --crop {}x{}",
+            args.train_index.display(),
+            args.epochs,
+            args.batch_size,
+            args.learning_rate,
+            args.crop_width,
+            args.crop_height
+        ),
+        training_data: Some(args.train_index.display().to_string()),
+        metrics,
+    };
+    publish(&trainer, &args.out, &info)?;
+    println!("published {} version {}", args.out.display(), args.version);
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let model = EdgeModel::load(
+        &args.model,
+        SessionConfig {
+            intra_threads: args.threads,
+            inter_threads: 1,
+        },
+    )?;
+    let manifest = model.manifest();
+    println!("model {} version {} ({})\n", manifest.name, manifest.version, args.model.display());
+    let names = manifest.class_names();
+    let mut summary = Vec::new();
+    for index in &args.indexes {
+        let samples = read_index(index, None)?;
+        let bar = trainer::progress::bar(samples.len() as u64, "eval");
+        let (scores, times) = evaluate_edge(&model, &samples, |i| bar.set_position(i as u64))?;
+        bar.finish_and_clear();
+        println!("## {} ({} frames)\n\n{}", index.display(), samples.len(), scores.table(&names));
+        let median_ms = median(&times);
+        println!("median edge inference: {median_ms:.1} ms ({} threads)\n", args.threads);
+        summary.push((index.display().to_string(), scores.miou, median_ms));
+    }
+    println!("| split | mIoU | median inference ms |\n|---|---|---|");
+    for (split, miou, ms) in summary {
+        println!("| {split} | {miou:.4} | {ms:.1} |");
+    }
+    Ok(())
+}

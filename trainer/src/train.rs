@@ -1,0 +1,308 @@
+//! The training loop: AdamW, warm-up then polynomial learning-rate decay, class-weighted cross-entropy with the
+//! ignore label, checkpoints every epoch (resumable), evaluation on a validation split.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use models::manifest::{InputSpec, LoadedManifest, Manifest};
+use models::metrics::{ConfusionMatrix, SegmentationScores};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::IGNORE_LABEL;
+use crate::data::{Augmentation, Frame, class_frequencies, epoch_batches, normalise};
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: usize,
+    pub augmentation: Augmentation,
+    /// Weigh the loss by 1/sqrt(class frequency) (normalised), so thin classes (poles, signs) are not drowned out.
+    pub class_weighting: bool,
+    pub seed: u64,
+    /// Parameters whose TorchScript name starts with one of these stay frozen (their BatchNorm statistics still
+    /// adapt). Freezing the high-resolution stem saves most of the backward pass on a CPU.
+    pub freeze_prefixes: Vec<String>,
+    /// Evaluate on the validation frames every this many epochs (and after the last).
+    pub validate_every: usize,
+    /// Where `checkpoint.pt` and `progress.json` go; training resumes from them when present.
+    pub checkpoint_dir: PathBuf,
+}
+
+/// Resumption state written beside each checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub epochs_done: usize,
+    pub losses: Vec<f64>,
+    pub validation_miou: Vec<f64>,
+}
+
+pub struct Trainer {
+    vs: nn::VarStore,
+    module: tch::TrainableCModule,
+    pub manifest: Manifest,
+    /// The directory of the model this trainer started from (its ONNX graph is the write-back template).
+    pub source_dir: PathBuf,
+}
+
+impl Trainer {
+    /// Loads the trainable TorchScript module of the model in `dir` (checksums verified).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let loaded = LoadedManifest::load_verified(dir)?;
+        let path = loaded.file("trainable")?;
+        Self::load_module(&path, loaded.manifest, dir)
+    }
+
+    fn load_module(path: &Path, manifest: Manifest, source_dir: &Path) -> Result<Self> {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut module = tch::TrainableCModule::load(path, vs.root())
+            .with_context(|| format!("loading TorchScript module {}", path.display()))?;
+        module.set_eval();
+        Ok(Self {
+            vs,
+            module,
+            manifest,
+            source_dir: source_dir.to_path_buf(),
+        })
+    }
+
+    pub fn input_spec(&self) -> &InputSpec {
+        &self.manifest.input
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.manifest.classes.len()
+    }
+
+    /// Logits `[N, C, H, W]` for a normalised batch, in eval mode and without gradients.
+    pub fn logits(&self, input: &Tensor) -> Tensor {
+        tch::no_grad(|| self.module.forward_t(input, false))
+    }
+
+    /// Predicted labels for one frame at its own resolution, resized as the manifest's input spec says.
+    pub fn predict(&self, frame: &Frame) -> Tensor {
+        let (_, h, w) = frame.image.size3().expect("image is [3, H, W]");
+        let spec = self.input_spec();
+        let image = frame
+            .image
+            .to_kind(Kind::Float)
+            .unsqueeze(0)
+            .upsample_bilinear2d([spec.height as i64, spec.width as i64], false, None, None);
+        let logits = self.logits(&normalise(&image, spec));
+        let labels = logits.argmax(1, false).to_kind(Kind::Float).unsqueeze(1);
+        labels
+            .upsample_nearest2d([h, w], None, None)
+            .view([h, w])
+            .to_kind(Kind::Uint8)
+    }
+
+    /// Whole-split confusion matrix of the current weights.
+    pub fn evaluate(&self, frames: &[Frame]) -> SegmentationScores {
+        let mut matrix = ConfusionMatrix::new(self.num_classes());
+        for frame in frames {
+            let predicted = Vec::<u8>::try_from(self.predict(frame).view([-1])).expect("uint8 labels");
+            let truth = Vec::<u8>::try_from(frame.label.view([-1])).expect("uint8 labels");
+            matrix.add(&truth, &predicted);
+        }
+        matrix.scores()
+    }
+
+    /// Fine-tunes on `frames`; after each epoch evaluates on `validation` (when given), checkpoints, and calls
+    /// `on_epoch`. Resumes from `config.checkpoint_dir` when a checkpoint is there.
+    pub fn fit(
+        &mut self,
+        frames: &[Frame],
+        validation: &[Frame],
+        config: &TrainConfig,
+        mut on_epoch: impl FnMut(usize, f64, Option<&SegmentationScores>),
+    ) -> Result<Progress> {
+        if frames.len() < config.batch_size {
+            bail!(
+                "{} training frames are fewer than one batch of {}",
+                frames.len(),
+                config.batch_size
+            );
+        }
+        std::fs::create_dir_all(&config.checkpoint_dir)?;
+        let mut progress = self.resume(config)?;
+        let class_weights = config
+            .class_weighting
+            .then(|| loss_weights(&class_frequencies(frames, self.num_classes())));
+        let steps_per_epoch = frames.len() / config.batch_size;
+        let total_steps = (steps_per_epoch * config.epochs).max(1);
+        self.freeze(&config.freeze_prefixes);
+        let mut optimizer = nn::AdamW {
+            wd: config.weight_decay,
+            ..Default::default()
+        }
+        .build(&self.vs, config.learning_rate)?;
+        let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(progress.epochs_done as u64));
+        let bar = crate::progress::bar((total_steps) as u64, "training");
+        bar.set_position((progress.epochs_done * steps_per_epoch) as u64);
+        for epoch in progress.epochs_done..config.epochs {
+            self.module.set_train();
+            let mut loss_sum = 0.0;
+            let mut batches = 0usize;
+            for (step_in_epoch, (images, labels)) in epoch_batches(
+                frames,
+                config.batch_size,
+                &config.augmentation,
+                self.input_spec(),
+                i64::from(IGNORE_LABEL),
+                &mut rng,
+            )
+            .enumerate()
+            {
+                let step = epoch * steps_per_epoch + step_in_epoch;
+                optimizer.set_lr(learning_rate(config, step, total_steps));
+                let logits = self.module.forward_t(&images, true);
+                let loss = logits.cross_entropy_loss::<&Tensor>(
+                    &labels,
+                    class_weights.as_ref(),
+                    tch::Reduction::Mean,
+                    i64::from(IGNORE_LABEL),
+                    0.0,
+                );
+                optimizer.backward_step(&loss);
+                loss_sum += loss.double_value(&[]);
+                batches += 1;
+                bar.inc(1);
+                bar.set_message(format!("loss {:.3}", loss_sum / batches as f64));
+            }
+            self.module.set_eval();
+            let mean_loss = loss_sum / batches.max(1) as f64;
+            let validate = (epoch + 1) % config.validate_every.max(1) == 0 || epoch + 1 == config.epochs;
+            let scores = (validate && !validation.is_empty()).then(|| self.evaluate(validation));
+            progress.epochs_done = epoch + 1;
+            progress.losses.push(mean_loss);
+            if let Some(s) = &scores {
+                progress.validation_miou.push(s.miou);
+            }
+            self.checkpoint(config, &progress)?;
+            bar.suspend(|| on_epoch(epoch + 1, mean_loss, scores.as_ref()));
+        }
+        bar.finish_and_clear();
+        Ok(progress)
+    }
+
+    fn freeze(&mut self, prefixes: &[String]) {
+        let flat: Vec<String> = prefixes.iter().map(|p| p.replace('.', "_")).collect();
+        for (name, tensor) in self.vs.variables() {
+            if flat.iter().any(|p| name.starts_with(p.as_str())) {
+                let _ = tensor.set_requires_grad(false);
+            }
+        }
+    }
+
+    fn resume(&mut self, config: &TrainConfig) -> Result<Progress> {
+        let progress_path = config.checkpoint_dir.join("progress.json");
+        let checkpoint = config.checkpoint_dir.join("checkpoint.pt");
+        if !progress_path.is_file() || !checkpoint.is_file() {
+            return Ok(Progress::default());
+        }
+        let progress: Progress = serde_json::from_str(&std::fs::read_to_string(&progress_path)?)
+            .with_context(|| format!("reading {}", progress_path.display()))?;
+        let manifest = self.manifest.clone();
+        let source = self.source_dir.clone();
+        *self = Self::load_module(&checkpoint, manifest, &source)?;
+        tracing::info!(epochs_done = progress.epochs_done, "resuming from {}", checkpoint.display());
+        Ok(progress)
+    }
+
+    fn checkpoint(&self, config: &TrainConfig, progress: &Progress) -> Result<()> {
+        // Write then rename, so a crash never leaves a half checkpoint that resumption would trust.
+        let tmp = config.checkpoint_dir.join("checkpoint.pt.tmp");
+        self.module.save(&tmp)?;
+        std::fs::rename(&tmp, config.checkpoint_dir.join("checkpoint.pt"))?;
+        let tmp = config.checkpoint_dir.join("progress.json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(progress)?)?;
+        std::fs::rename(&tmp, config.checkpoint_dir.join("progress.json"))?;
+        Ok(())
+    }
+
+    pub fn save_trainable(&self, path: &Path) -> Result<()> {
+        self.module.save(path)?;
+        Ok(())
+    }
+
+    /// Every parameter (running statistics included) as flat float vectors, keyed by the VarStore's name, which is
+    /// the TorchScript name with `.` replaced by `_`.
+    pub fn flat_parameters(&self) -> HashMap<String, Vec<f32>> {
+        self.vs
+            .variables()
+            .into_iter()
+            .map(|(name, tensor)| {
+                let values = Vec::<f32>::try_from(tensor.detach().to_kind(Kind::Float).view([-1]))
+                    .expect("float parameters");
+                (name, values)
+            })
+            .collect()
+    }
+}
+
+fn learning_rate(config: &TrainConfig, step: usize, total_steps: usize) -> f64 {
+    if step < config.warmup_steps {
+        return config.learning_rate * (step + 1) as f64 / config.warmup_steps as f64;
+    }
+    let progress = step as f64 / total_steps as f64;
+    config.learning_rate * (1.0 - progress).max(0.0).powf(0.9)
+}
+
+/// 1/sqrt(frequency), normalised to mean 1 over the classes present.
+fn loss_weights(frequencies: &[f64]) -> Tensor {
+    let raw: Vec<f64> = frequencies
+        .iter()
+        .map(|f| if *f > 0.0 { 1.0 / f.sqrt() } else { 0.0 })
+        .collect();
+    let present = raw.iter().filter(|w| **w > 0.0).count().max(1) as f64;
+    let mean = raw.iter().sum::<f64>() / present;
+    let weights: Vec<f32> = raw.iter().map(|w| (w / mean) as f32).collect();
+    Tensor::from_slice(&weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learning_rate_warms_up_then_decays_to_zero() {
+        let config = TrainConfig {
+            epochs: 1,
+            batch_size: 1,
+            learning_rate: 1.0,
+            weight_decay: 0.0,
+            warmup_steps: 10,
+            augmentation: Augmentation {
+                crop_height: 1,
+                crop_width: 1,
+                min_scale: 1.0,
+                max_scale: 1.0,
+                flip: false,
+                jitter: 0.0,
+            },
+            class_weighting: false,
+            seed: 0,
+            freeze_prefixes: Vec::new(),
+            validate_every: 1,
+            checkpoint_dir: PathBuf::new(),
+        };
+        assert!((learning_rate(&config, 0, 100) - 0.1).abs() < 1e-12);
+        assert!((learning_rate(&config, 9, 100) - 1.0).abs() < 1e-12);
+        assert!(learning_rate(&config, 50, 100) < learning_rate(&config, 20, 100));
+        assert_eq!(learning_rate(&config, 100, 100), 0.0);
+    }
+
+    #[test]
+    fn rarer_classes_weigh_more() {
+        let w = Vec::<f32>::try_from(loss_weights(&[0.81, 0.01, 0.0, 0.18])).unwrap();
+        assert!(w[1] > w[3] && w[3] > w[0]);
+        assert_eq!(w[2], 0.0);
+    }
+}

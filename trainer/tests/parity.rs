@@ -1,0 +1,118 @@
+//! The ONNX graph the edge runs and the TorchScript module the trainer trains must compute the same function,
+//! before and after a write-back of trained weights.
+
+use std::path::{Path, PathBuf};
+
+use models::dataset::read_index;
+use models::image_ops::to_input_tensor;
+use models::paths::{camvid_or_skip, models_dir};
+use models::{EdgeModel, SessionConfig};
+use tch::Tensor;
+use trainer::data::{Augmentation, Frame};
+use trainer::export::{PublishInfo, publish};
+use trainer::{TrainConfig, Trainer};
+
+const TOLERANCE: f32 = 1e-3;
+
+fn model_dir() -> PathBuf {
+    std::env::var_os("EDGE_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| models_dir().join("edge/current"))
+}
+
+/// Largest |tch - ort| logit difference over the frames, relative to the largest logit magnitude (at least 1).
+fn max_difference(dir: &Path, frames: &[image::RgbImage]) -> f32 {
+    let trainer = Trainer::load(dir).expect("trainable module loads");
+    let onnx = EdgeModel::load(dir, SessionConfig::default()).expect("onnx model loads");
+    let mut worst = 0f32;
+    for image in frames {
+        let (input, _) = to_input_tensor(image, &onnx.manifest().input);
+        let from_onnx = onnx.logits(&input).expect("onnx inference");
+        let shape: Vec<i64> = input.shape().iter().map(|d| *d as i64).collect();
+        let tensor = Tensor::from_slice(input.as_slice().expect("contiguous")).view(shape.as_slice());
+        let from_tch = Vec::<f32>::try_from(trainer.logits(&tensor).view([-1])).expect("float logits");
+        assert_eq!(from_tch.len(), from_onnx.len());
+        let scale = from_onnx.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = from_tch
+            .iter()
+            .zip(&from_onnx)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        worst = worst.max(diff / scale);
+    }
+    worst
+}
+
+fn val_frames(camvid: &Path, n: usize) -> Vec<models::dataset::Sample> {
+    read_index(&camvid.join("index/day-val.txt"), None).expect("day-val index")[..n].to_vec()
+}
+
+#[test]
+fn onnx_and_torchscript_agree_on_real_frames() {
+    let Some(camvid) = camvid_or_skip("onnx_and_torchscript_agree_on_real_frames") else {
+        return;
+    };
+    let images: Vec<_> = val_frames(&camvid, 2)
+        .iter()
+        .map(|s| s.load_image().expect("frame"))
+        .collect();
+    let diff = max_difference(&model_dir(), &images);
+    println!("max relative logit difference tch vs ort: {diff:e}");
+    assert!(diff < TOLERANCE, "tch and ONNX Runtime disagree by {diff}");
+}
+
+#[test]
+fn weights_written_back_after_training_match_torchscript() {
+    let Some(camvid) = camvid_or_skip("weights_written_back_after_training_match_torchscript") else {
+        return;
+    };
+    tch::set_num_threads(2);
+    let samples = val_frames(&camvid, 4);
+    let frames: Vec<Frame> = samples.iter().map(|s| Frame::from_sample(s).expect("frame")).collect();
+    let work = std::env::temp_dir().join(format!("writeback-{}", std::process::id()));
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 2,
+        learning_rate: 1e-2,
+        weight_decay: 0.0,
+        warmup_steps: 0,
+        augmentation: Augmentation {
+            crop_height: 96,
+            crop_width: 128,
+            min_scale: 0.5,
+            max_scale: 0.5,
+            flip: true,
+            jitter: 0.1,
+        },
+        class_weighting: true,
+        seed: 7,
+        freeze_prefixes: Vec::new(),
+        validate_every: 1,
+        checkpoint_dir: work.join("checkpoints"),
+    };
+    let mut trainer = Trainer::load(&model_dir()).expect("trainer loads");
+    let before = trainer.flat_parameters();
+    trainer.fit(&frames, &[], &config, |_, _, _| {}).expect("training runs");
+    let after = trainer.flat_parameters();
+    let changed = before.iter().filter(|(name, values)| after[*name] != **values).count();
+    assert!(changed > 100, "only {changed} parameters changed after a training step");
+
+    let out = work.join("published");
+    let info = PublishInfo {
+        version: "test-writeback".into(),
+        produced_by: "parity test".into(),
+        ..Default::default()
+    };
+    publish(&trainer, &out, &info).expect("publish");
+    let published = models::manifest::LoadedManifest::load_verified(&out).expect("published manifest verifies");
+    assert_eq!(published.manifest.version, "test-writeback");
+    assert_eq!(
+        published.manifest.provenance.parent_version.as_deref(),
+        Some(trainer.manifest.version.as_str())
+    );
+
+    let images: Vec<_> = samples[..1].iter().map(|s| s.load_image().expect("frame")).collect();
+    let diff = max_difference(&out, &images);
+    println!("after write-back, max relative logit difference tch vs ort: {diff:e}");
+    assert!(diff < TOLERANCE, "written-back ONNX disagrees with the trained module by {diff}");
+    std::fs::remove_dir_all(&work).ok();
+}
