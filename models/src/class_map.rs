@@ -50,23 +50,31 @@ impl ClassMap {
         };
         let mut table = Vec::with_capacity(file.source_classes.len());
         for source in &file.source_classes {
-            let target = file
-                .mapping
-                .get(source)
-                .ok_or_else(|| invalid(format!("source class `{source}` is not mapped (map it to null to ignore it)")))?;
+            let target = file.mapping.get(source).ok_or_else(|| {
+                invalid(format!(
+                    "source class `{source}` is not mapped (map it to null to ignore it)"
+                ))
+            })?;
             let id = match target {
                 None => ignore,
                 Some(name) => file
                     .target_classes
                     .iter()
                     .position(|t| t == name)
-                    .ok_or_else(|| invalid(format!("`{source}` maps to unknown target class `{name}`")))?
-                    as u8,
+                    .ok_or_else(|| {
+                        invalid(format!("`{source}` maps to unknown target class `{name}`"))
+                    })? as u8,
             };
             table.push(id);
         }
-        if let Some(extra) = file.mapping.keys().find(|k| !file.source_classes.contains(k)) {
-            return Err(invalid(format!("mapping names unknown source class `{extra}`")));
+        if let Some(extra) = file
+            .mapping
+            .keys()
+            .find(|k| !file.source_classes.contains(k))
+        {
+            return Err(invalid(format!(
+                "mapping names unknown source class `{extra}`"
+            )));
         }
         Ok(Self {
             name: file.name,
@@ -76,7 +84,10 @@ impl ClassMap {
     }
 
     pub fn map(&self, source: u8) -> u8 {
-        self.table.get(usize::from(source)).copied().unwrap_or(self.ignore)
+        self.table
+            .get(usize::from(source))
+            .copied()
+            .unwrap_or(self.ignore)
     }
 
     pub fn map_labels(&self, labels: &mut [u8]) {
@@ -92,7 +103,8 @@ mod tests {
 
     #[test]
     fn the_shipped_cityscapes_map_covers_every_class() {
-        let path = crate::paths::workspace_root().join("models/class-maps/cityscapes-to-camvid.json");
+        let path =
+            crate::paths::workspace_root().join("models/class-maps/cityscapes-to-camvid.json");
         let map = ClassMap::load(&path, 11).unwrap();
         assert_eq!(map.map(0), 3, "road -> Road");
         assert_eq!(map.map(10), 0, "sky -> Sky");
@@ -103,9 +115,17 @@ mod tests {
 
     #[test]
     fn unknown_names_are_refused() {
-        let json = r#"{"name":"t","source_classes":["a"],"target_classes":["x"],"mapping":{"a":"y"}}"#;
-        assert!(matches!(ClassMap::from_json(json, 11), Err(ClassMapError::Invalid { .. })));
-        let json = r#"{"name":"t","source_classes":["a","b"],"target_classes":["x"],"mapping":{"a":"x"}}"#;
-        assert!(matches!(ClassMap::from_json(json, 11), Err(ClassMapError::Invalid { .. })));
+        let json =
+            r#"{"name":"t","source_classes":["a"],"target_classes":["x"],"mapping":{"a":"y"}}"#;
+        assert!(matches!(
+            ClassMap::from_json(json, 11),
+            Err(ClassMapError::Invalid { .. })
+        ));
+        let json =
+            r#"{"name":"t","source_classes":["a","b"],"target_classes":["x"],"mapping":{"a":"x"}}"#;
+        assert!(matches!(
+            ClassMap::from_json(json, 11),
+            Err(ClassMapError::Invalid { .. })
+        ));
     }
 }

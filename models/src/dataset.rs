@@ -8,9 +8,16 @@ use image::{GrayImage, RgbImage};
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     #[error("cannot read index {path}: {source}")]
-    Index { path: PathBuf, source: std::io::Error },
+    Index {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: expected `image label` (or a lone `image`), got {text:?}")]
-    Syntax { path: PathBuf, line: usize, text: String },
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
     #[error("index {0} lists no samples")]
     Empty(PathBuf),
     #[error("cannot load {path}: {message}")]
@@ -56,12 +63,13 @@ impl Sample {
             path: self.image.clone(),
             message: "the index gives no label for this image".into(),
         })?;
-        let label = image::open(label_path)
-            .map(|i| i.to_luma8())
-            .map_err(|e| DatasetError::Load {
-                path: label_path.clone(),
-                message: e.to_string(),
-            })?;
+        let label =
+            image::open(label_path)
+                .map(|i| i.to_luma8())
+                .map_err(|e| DatasetError::Load {
+                    path: label_path.clone(),
+                    message: e.to_string(),
+                })?;
         if image.dimensions() != label.dimensions() {
             return Err(DatasetError::SizeMismatch {
                 image: self.image.clone(),
@@ -152,17 +160,30 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("index-test-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("index")).unwrap();
         let index = dir.join("index/split.txt");
-        std::fs::write(&index, "# comment\ntrain/a.png trainannot/a.png\n\nval/b.png\n").unwrap();
+        std::fs::write(
+            &index,
+            "# comment\ntrain/a.png trainannot/a.png\n\nval/b.png\n",
+        )
+        .unwrap();
         let samples = read_index(&index, None).unwrap();
         assert_eq!(samples[0].image, dir.join("train/a.png"));
-        assert_eq!(samples[0].label.as_deref(), Some(dir.join("trainannot/a.png").as_path()));
+        assert_eq!(
+            samples[0].label.as_deref(),
+            Some(dir.join("trainannot/a.png").as_path())
+        );
         assert_eq!(samples[1].label, None);
         assert_eq!(samples[1].name(), "b");
 
         std::fs::write(&index, "a b c\n").unwrap();
-        assert!(matches!(read_index(&index, None), Err(DatasetError::Syntax { line: 1, .. })));
+        assert!(matches!(
+            read_index(&index, None),
+            Err(DatasetError::Syntax { line: 1, .. })
+        ));
         std::fs::write(&index, "\n# nothing\n").unwrap();
-        assert!(matches!(read_index(&index, None), Err(DatasetError::Empty(_))));
+        assert!(matches!(
+            read_index(&index, None),
+            Err(DatasetError::Empty(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

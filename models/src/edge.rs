@@ -79,8 +79,12 @@ impl EdgeModel {
 
     /// Raw logits for an already preprocessed NCHW tensor: the model alone, for benchmarks and parity tests.
     pub fn logits(&self, input: &ndarray::Array4<f32>) -> Result<Vec<f32>, EdgeModelError> {
-        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let tensor = TensorRef::from_array_view(input.view()).map_err(|e| RuntimeError::Run(e.to_string()))?;
+        let mut session = self
+            .session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tensor = TensorRef::from_array_view(input.view())
+            .map_err(|e| RuntimeError::Run(e.to_string()))?;
         let outputs = session
             .run(ort::inputs![tensor])
             .map_err(|e| RuntimeError::Run(e.to_string()))?;

@@ -84,7 +84,8 @@ pub fn to_input_tensor(image: &RgbImage, spec: &InputSpec) -> (Array4<f32>, Lett
     let source = if (content_width, content_height) == (width, height) {
         image
     } else {
-        resized = image::imageops::resize(image, content_width, content_height, FilterType::Triangle);
+        resized =
+            image::imageops::resize(image, content_width, content_height, FilterType::Triangle);
         &resized
     };
     let mut tensor = Array4::<f32>::zeros((1, 3, spec.height as usize, spec.width as usize));
@@ -189,7 +190,8 @@ pub fn overlay(image: &RgbImage, labels: &[u8], palette: &[[u8; 3]], alpha: f32)
     for (pixel, &label) in out.pixels_mut().zip(labels) {
         if let Some(color) = palette.get(usize::from(label)) {
             for c in 0..3 {
-                pixel[c] = (f32::from(pixel[c]) * (1.0 - alpha) + f32::from(color[c]) * alpha).round() as u8;
+                pixel[c] = (f32::from(pixel[c]) * (1.0 - alpha) + f32::from(color[c]) * alpha)
+                    .round() as u8;
             }
         }
     }
@@ -197,7 +199,13 @@ pub fn overlay(image: &RgbImage, labels: &[u8], palette: &[[u8; 3]], alpha: f32)
 }
 
 /// Nearest-neighbour resize of a label map (labels must never be interpolated).
-pub fn resize_labels(labels: &[u8], width: u32, height: u32, new_width: u32, new_height: u32) -> Vec<u8> {
+pub fn resize_labels(
+    labels: &[u8],
+    width: u32,
+    height: u32,
+    new_width: u32,
+    new_height: u32,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(new_width as usize * new_height as usize);
     for y in 0..new_height {
         let sy = ((y as u64 * height as u64) / new_height as u64) as usize;
@@ -245,17 +253,29 @@ mod tests {
     fn label_png_refuses_a_wrong_size() {
         assert!(matches!(
             encode_label_png(&[0; 5], 2, 2),
-            Err(ImageError::LabelSize { expected: 4, actual: 5 })
+            Err(ImageError::LabelSize {
+                expected: 4,
+                actual: 5
+            })
         ));
     }
 
     #[test]
     fn decode_refuses_empty_garbage_and_oversized_images() {
         assert!(matches!(decode_rgb(&[], 100), Err(ImageError::Empty)));
-        assert!(matches!(decode_rgb(b"hello world", 100), Err(ImageError::UnsupportedFormat)));
+        assert!(matches!(
+            decode_rgb(b"hello world", 100),
+            Err(ImageError::UnsupportedFormat)
+        ));
         let png = encode_png(&RgbImage::new(20, 10)).unwrap();
-        assert!(matches!(decode_rgb(&png, 100), Err(ImageError::TooManyPixels { pixels: 200, .. })));
-        assert!(matches!(decode_rgb(&png[..png.len() / 2], 1000), Err(ImageError::Decode(_))));
+        assert!(matches!(
+            decode_rgb(&png, 100),
+            Err(ImageError::TooManyPixels { pixels: 200, .. })
+        ));
+        assert!(matches!(
+            decode_rgb(&png[..png.len() / 2], 1000),
+            Err(ImageError::Decode(_))
+        ));
         assert_eq!(decode_rgb(&png, 1000).unwrap().dimensions(), (20, 10));
     }
 
@@ -278,6 +298,9 @@ mod tests {
     #[test]
     fn nearest_resize_of_labels_keeps_label_values() {
         let labels = vec![0, 1, 2, 3];
-        assert_eq!(resize_labels(&labels, 2, 2, 4, 2), vec![0, 0, 1, 1, 2, 2, 3, 3]);
+        assert_eq!(
+            resize_labels(&labels, 2, 2, 4, 2),
+            vec![0, 0, 1, 1, 2, 2, 3, 3]
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod onnx_weights;
 pub mod paths;
 pub mod runtime;
+pub mod sam;
 
 pub use edge::{EdgeModel, EdgeOutput};
 pub use manifest::{Manifest, ManifestError};

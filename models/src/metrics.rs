@@ -37,7 +37,11 @@ impl ConfusionMatrix {
     /// Adds one frame. Pixels whose ground truth is outside `0..classes` (the ignore label) are skipped;
     /// a prediction outside the class range counts as wrong.
     pub fn add(&mut self, truth: &[u8], predicted: &[u8]) {
-        assert_eq!(truth.len(), predicted.len(), "label maps of different sizes");
+        assert_eq!(
+            truth.len(),
+            predicted.len(),
+            "label maps of different sizes"
+        );
         for (&t, &p) in truth.iter().zip(predicted) {
             let t = usize::from(t);
             if t >= self.classes {
@@ -57,7 +61,11 @@ impl ConfusionMatrix {
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a += b;
         }
-        for (a, b) in self.invalid_predictions.iter_mut().zip(&other.invalid_predictions) {
+        for (a, b) in self
+            .invalid_predictions
+            .iter_mut()
+            .zip(&other.invalid_predictions)
+        {
             *a += b;
         }
     }
@@ -89,7 +97,11 @@ impl ConfusionMatrix {
         SegmentationScores {
             per_class_iou,
             miou,
-            pixel_accuracy: if total > 0 { correct as f64 / total as f64 } else { 0.0 },
+            pixel_accuracy: if total > 0 {
+                correct as f64 / total as f64
+            } else {
+                0.0
+            },
             pixels: total,
         }
     }

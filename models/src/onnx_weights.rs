@@ -26,7 +26,9 @@ const WIRE_FIXED32: u8 = 5;
 pub enum OnnxWeightsError {
     #[error("malformed ONNX protobuf: {0}")]
     Malformed(String),
-    #[error("initializer `{name}` has shape {dims:?} ({expected} values) but {actual} values were given")]
+    #[error(
+        "initializer `{name}` has shape {dims:?} ({expected} values) but {actual} values were given"
+    )]
     Shape {
         name: String,
         dims: Vec<i64>,
@@ -69,7 +71,9 @@ fn read_varint(bytes: &[u8], pos: &mut usize) -> Result<u64, OnnxWeightsError> {
             return Ok(value);
         }
     }
-    Err(OnnxWeightsError::Malformed("varint longer than 10 bytes".into()))
+    Err(OnnxWeightsError::Malformed(
+        "varint longer than 10 bytes".into(),
+    ))
 }
 
 fn write_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -112,7 +116,11 @@ fn fields(bytes: &[u8]) -> Result<Vec<Field<'_>>, OnnxWeightsError> {
                 pos = end;
                 (payload, 0)
             }
-            other => return Err(OnnxWeightsError::Malformed(format!("unsupported wire type {other}"))),
+            other => {
+                return Err(OnnxWeightsError::Malformed(format!(
+                    "unsupported wire type {other}"
+                )));
+            }
         };
         out.push(Field {
             number,
@@ -140,7 +148,9 @@ fn tensor_info(tensor: &[u8]) -> Result<(InitializerInfo, bool), OnnxWeightsErro
     let mut external = false;
     for field in fields(tensor)? {
         match (field.number, field.wire) {
-            (TENSOR_NAME, WIRE_LEN) => info.name = String::from_utf8_lossy(field.payload).into_owned(),
+            (TENSOR_NAME, WIRE_LEN) => {
+                info.name = String::from_utf8_lossy(field.payload).into_owned()
+            }
             (TENSOR_DATA_TYPE, WIRE_VARINT) => info.data_type = field.varint,
             (TENSOR_DIMS, WIRE_VARINT) => info.dims.push(field.varint as i64),
             (TENSOR_DIMS, WIRE_LEN) => {
@@ -174,7 +184,9 @@ pub fn initializers(model: &[u8]) -> Result<Vec<InitializerInfo>, OnnxWeightsErr
 }
 
 /// Reads the values of the named float initializers (stored as `raw_data` or `float_data`).
-pub fn read_float_initializers(model: &[u8]) -> Result<BTreeMap<String, Vec<f32>>, OnnxWeightsError> {
+pub fn read_float_initializers(
+    model: &[u8],
+) -> Result<BTreeMap<String, Vec<f32>>, OnnxWeightsError> {
     let mut out = BTreeMap::new();
     for init in fields(graph_of(model)?)?
         .into_iter()
@@ -260,7 +272,11 @@ pub fn replace_float_initializers(
         }
         push_len_field(&mut out, MODEL_GRAPH, &graph);
     }
-    let mut unknown: Vec<String> = weights.keys().filter(|k| !replaced.contains(*k)).cloned().collect();
+    let mut unknown: Vec<String> = weights
+        .keys()
+        .filter(|k| !replaced.contains(*k))
+        .cloned()
+        .collect();
     if !unknown.is_empty() {
         unknown.sort();
         return Err(OnnxWeightsError::Unknown(unknown));
@@ -289,8 +305,16 @@ mod tests {
         };
         let mut graph = Vec::new();
         push_len_field(&mut graph, 1, b"node bytes kept as they are");
-        push_len_field(&mut graph, GRAPH_INITIALIZER, &tensor("conv.weight", &[2, 2], &[1.0, 2.0, 3.0, 4.0]));
-        push_len_field(&mut graph, GRAPH_INITIALIZER, &tensor("conv.bias", &[2], &[0.5, 0.5]));
+        push_len_field(
+            &mut graph,
+            GRAPH_INITIALIZER,
+            &tensor("conv.weight", &[2, 2], &[1.0, 2.0, 3.0, 4.0]),
+        );
+        push_len_field(
+            &mut graph,
+            GRAPH_INITIALIZER,
+            &tensor("conv.bias", &[2], &[0.5, 0.5]),
+        );
         let mut model = Vec::new();
         write_varint(&mut model, 1 << 3);
         write_varint(&mut model, 8);
@@ -309,11 +333,18 @@ mod tests {
         let values = read_float_initializers(&updated).unwrap();
         assert_eq!(values["conv.bias"], vec![-1.0, 7.0]);
         assert_eq!(values["conv.weight"], vec![1.0, 2.0, 3.0, 4.0]);
-        assert!(updated.windows(27).any(|w| w == b"node bytes kept as they are"));
+        assert!(
+            updated
+                .windows(27)
+                .any(|w| w == b"node bytes kept as they are")
+        );
         assert!(updated.ends_with(b"metadata"));
         // Writing back the original values gives back the original bytes.
         let restore = HashMap::from([("conv.bias".to_string(), vec![0.5, 0.5])]);
-        assert_eq!(replace_float_initializers(&updated, &restore).unwrap(), original);
+        assert_eq!(
+            replace_float_initializers(&updated, &restore).unwrap(),
+            original
+        );
     }
 
     #[test]
@@ -322,7 +353,11 @@ mod tests {
         let wrong = HashMap::from([("conv.bias".to_string(), vec![1.0])]);
         assert!(matches!(
             replace_float_initializers(&original, &wrong),
-            Err(OnnxWeightsError::Shape { expected: 2, actual: 1, .. })
+            Err(OnnxWeightsError::Shape {
+                expected: 2,
+                actual: 1,
+                ..
+            })
         ));
         let unknown = HashMap::from([("nope".to_string(), vec![1.0])]);
         assert_eq!(

@@ -58,11 +58,15 @@ fn dylib_path() -> Result<PathBuf, String> {
         return Ok(PathBuf::from(path));
     }
     // The set-up script's install location, so a fresh clone works without exporting anything.
-    let local = crate::paths::workspace_root().join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1");
+    let local = crate::paths::workspace_root()
+        .join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1");
     if local.is_file() {
         Ok(local)
     } else {
-        Err(format!("{ORT_DYLIB_ENV} is not set and {} does not exist", local.display()))
+        Err(format!(
+            "{ORT_DYLIB_ENV} is not set and {} does not exist",
+            local.display()
+        ))
     }
 }
 

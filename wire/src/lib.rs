@@ -26,6 +26,7 @@ pub struct ModelRef {
 }
 
 /// Shape of the quantised edge scores part.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuantisedScores {
     pub classes: u32,
@@ -43,6 +44,7 @@ impl QuantisedScores {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RefineMeta {
     pub protocol: String,
@@ -61,6 +63,7 @@ pub struct RefineMeta {
     pub scores: QuantisedScores,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RefineTimings {
     pub queue_ms: f64,
@@ -70,6 +73,7 @@ pub struct RefineTimings {
     pub total_ms: f64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RefineResponse {
     pub protocol: String,

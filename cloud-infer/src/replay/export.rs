@@ -1,0 +1,40 @@
+//! Export to an Ianvs-style dataset: `images/`, `labels/` (the cloud label maps) and `index.txt` with one
+//! `images/<id>.<ext> labels/<id>.png` line per entry, relative to the index (as `models::dataset::read_index` reads).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::{Part, ReplayError, ReplayStore};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSummary {
+    pub index: PathBuf,
+    pub entries: usize,
+}
+
+pub fn export_index(store: &dyn ReplayStore, out: &Path) -> Result<ExportSummary, ReplayError> {
+    let images = out.join("images");
+    let labels = out.join("labels");
+    for dir in [&images, &labels] {
+        fs::create_dir_all(dir).map_err(|e| ReplayError::io(dir.display(), e))?;
+    }
+    let records = store.entries()?;
+    let mut index =
+        String::from("# exported from the cloud-infer replay buffer: image cloud-label\n");
+    for record in &records {
+        let image_name = format!("images/{}.{}", record.id, record.image_extension);
+        let label_name = format!("labels/{}.png", record.id);
+        for (name, part) in [(&image_name, Part::Image), (&label_name, Part::CloudLabels)] {
+            let path = out.join(name);
+            fs::write(&path, store.read(record, part)?)
+                .map_err(|e| ReplayError::io(path.display(), e))?;
+        }
+        index.push_str(&format!("{image_name} {label_name}\n"));
+    }
+    let index_path = out.join("index.txt");
+    fs::write(&index_path, index).map_err(|e| ReplayError::io(index_path.display(), e))?;
+    Ok(ExportSummary {
+        index: index_path,
+        entries: records.len(),
+    })
+}

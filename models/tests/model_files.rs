@@ -1,0 +1,87 @@
+//! The project's own model files: manifests verify, tampering is refused, and the edge model segments real frames.
+
+use std::path::{Path, PathBuf};
+
+use models::dataset::read_index;
+use models::manifest::{LoadedManifest, ManifestError};
+use models::metrics::ConfusionMatrix;
+use models::paths::{camvid_or_skip, models_dir};
+use models::{EdgeModel, SessionConfig};
+
+fn edge_dir() -> PathBuf {
+    std::env::var_os("EDGE_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| models_dir().join("edge/current"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn shipped_manifests_verify() {
+    for dir in [edge_dir(), models_dir().join("mobilesam")] {
+        let loaded = LoadedManifest::load_verified(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        assert!(!loaded.manifest.provenance.checkpoint_sha256.is_empty());
+        assert!(!loaded.manifest.files.is_empty());
+    }
+    let edge = LoadedManifest::load_unverified(&edge_dir())
+        .unwrap()
+        .manifest;
+    assert_eq!(edge.classes.len(), 11);
+    assert_eq!(edge.classes[3].name, "Road");
+}
+
+#[test]
+fn a_model_file_that_does_not_match_its_checksum_is_refused() {
+    let tmp = std::env::temp_dir().join(format!("tampered-{}", std::process::id()));
+    copy_dir(&edge_dir(), &tmp);
+    let onnx = tmp.join("edge_model.onnx");
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&onnx, bytes).unwrap();
+    let err = LoadedManifest::load_verified(&tmp).unwrap_err();
+    assert!(matches!(err, ManifestError::Checksum { .. }), "{err}");
+    assert!(err.to_string().contains("edge_model.onnx"));
+    assert!(EdgeModel::load(&tmp, SessionConfig::default()).is_err());
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn edge_model_segments_real_daylight_frames_well() {
+    let Some(camvid) = camvid_or_skip("edge_model_segments_real_daylight_frames_well") else {
+        return;
+    };
+    let model = EdgeModel::load(&edge_dir(), SessionConfig::default()).unwrap();
+    let samples = read_index(&camvid.join("index/day-val.txt"), None).unwrap();
+    let mut matrix = ConfusionMatrix::new(model.num_classes());
+    for sample in samples.iter().step_by(25) {
+        let (image, label) = sample.load_labelled().unwrap();
+        let out = model.segment(&image).unwrap();
+        assert_eq!((out.width, out.height), image.dimensions());
+        assert_eq!(out.labels.len(), (out.width * out.height) as usize);
+        let plane = (out.score_width * out.score_height) as usize;
+        let sum: f32 = (0..out.classes).map(|c| out.probabilities[c * plane]).sum();
+        assert!(
+            (sum - 1.0).abs() < 1e-4,
+            "probabilities of a pixel sum to {sum}"
+        );
+        matrix.add(label.as_raw(), &out.labels);
+    }
+    let scores = matrix.scores();
+    // A trained model is far above chance on daylight frames; an untrained or broken one is not.
+    assert!(
+        scores.pixel_accuracy > 0.8,
+        "pixel accuracy {}",
+        scores.pixel_accuracy
+    );
+    assert!(scores.miou > 0.45, "mIoU {}", scores.miou);
+}

@@ -1,0 +1,352 @@
+//! Fusing SAM masks with the edge model's per-pixel class scores into a refined label map.
+//!
+//! Every rule labels whole masks and paints them largest first, so smaller (usually finer) masks overwrite the
+//! larger ones they sit in; pixels no mask covers keep the edge label.
+
+use crate::mask::Mask;
+
+/// Per-pixel class probabilities, CHW, row-major planes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassScores {
+    pub probabilities: Vec<f32>,
+    pub classes: usize,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl ClassScores {
+    fn plane(&self) -> usize {
+        (self.width * self.height) as usize
+    }
+
+    /// Argmax labels (ties go to the lower class).
+    pub fn labels(&self) -> Vec<u8> {
+        let plane = self.plane();
+        (0..plane)
+            .map(|p| {
+                let mut best = 0;
+                for c in 1..self.classes {
+                    if self.probabilities[c * plane + p] > self.probabilities[best * plane + p] {
+                        best = c;
+                    }
+                }
+                best as u8
+            })
+            .collect()
+    }
+
+    /// Top-1 minus top-2 probability per pixel.
+    pub fn margins(&self) -> Vec<f32> {
+        let plane = self.plane();
+        (0..plane)
+            .map(|p| {
+                let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+                for c in 0..self.classes {
+                    let v = self.probabilities[c * plane + p];
+                    if v > first {
+                        second = first;
+                        first = v;
+                    } else if v > second {
+                        second = v;
+                    }
+                }
+                if self.classes < 2 {
+                    1.0
+                } else {
+                    first - second
+                }
+            })
+            .collect()
+    }
+
+    /// Nearest-neighbour resampling to another size (e.g. from the edge model's input size to the frame's).
+    pub fn resized_nearest(&self, width: u32, height: u32) -> Self {
+        if (width, height) == (self.width, self.height) {
+            return self.clone();
+        }
+        let (sw, sh) = (self.width as usize, self.height as usize);
+        let source_x: Vec<usize> = (0..width as usize)
+            .map(|x| (x * sw / width as usize).min(sw - 1))
+            .collect();
+        let source_y: Vec<usize> = (0..height as usize)
+            .map(|y| (y * sh / height as usize).min(sh - 1))
+            .collect();
+        let mut probabilities = Vec::with_capacity(self.classes * width as usize * height as usize);
+        for c in 0..self.classes {
+            let plane = &self.probabilities[c * sw * sh..(c + 1) * sw * sh];
+            for &y in &source_y {
+                probabilities.extend(source_x.iter().map(|&x| plane[y * sw + x]));
+            }
+        }
+        Self {
+            probabilities,
+            classes: self.classes,
+            width,
+            height,
+        }
+    }
+}
+
+/// Parameters of [`FusionRule::ConfidentVote`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConfidentVoteParams {
+    /// A mask whose confidence-weighted winning share is below this straddles classes: it is left to the edge.
+    pub min_purity: f32,
+    /// Edge pixels at least this confident keep their own label inside a mask.
+    pub keep_confidence: f32,
+}
+
+impl Default for ConfidentVoteParams {
+    fn default() -> Self {
+        Self {
+            min_purity: 0.5,
+            keep_confidence: 0.95,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FusionRule {
+    /// Semantic-SAM style: each mask takes the most frequent edge label inside it.
+    SsaVote,
+    /// Ianvs style: each mask takes the argmax of the class scores summed over it.
+    LogitSum,
+    /// Votes weighted by the edge's top-1 probability, straddling masks skipped, confident edge pixels kept.
+    ConfidentVote(ConfidentVoteParams),
+}
+
+impl FusionRule {
+    pub fn name(&self) -> &'static str {
+        match self {
+            FusionRule::SsaVote => "ssa-vote",
+            FusionRule::LogitSum => "logit-sum",
+            FusionRule::ConfidentVote(_) => "confident-vote",
+        }
+    }
+}
+
+/// Refined labels at the scores' size (which must be the masks' size).
+pub fn fuse(rule: &FusionRule, masks: &[Mask], scores: &ClassScores) -> Vec<u8> {
+    let edge_labels = scores.labels();
+    let plane = edge_labels.len();
+    let mut refined = edge_labels.clone();
+    let classes = scores.classes;
+    let confidence: Vec<f32> = match rule {
+        FusionRule::ConfidentVote(_) => (0..plane)
+            .map(|p| scores.probabilities[usize::from(edge_labels[p]) * plane + p])
+            .collect(),
+        _ => Vec::new(),
+    };
+    for mask in painting_order(masks, plane) {
+        let mut totals = vec![0.0f64; classes];
+        for_each_pixel(mask, |p| match rule {
+            FusionRule::SsaVote => totals[usize::from(edge_labels[p])] += 1.0,
+            FusionRule::LogitSum => {
+                for (c, total) in totals.iter_mut().enumerate() {
+                    *total += f64::from(scores.probabilities[c * plane + p]);
+                }
+            }
+            FusionRule::ConfidentVote(_) => {
+                totals[usize::from(edge_labels[p])] += f64::from(confidence[p])
+            }
+        });
+        let Some(winner) = argmax(&totals) else {
+            continue;
+        };
+        match rule {
+            FusionRule::SsaVote | FusionRule::LogitSum => {
+                for_each_pixel(mask, |p| refined[p] = winner)
+            }
+            FusionRule::ConfidentVote(params) => {
+                let sum: f64 = totals.iter().sum();
+                if totals[usize::from(winner)] < f64::from(params.min_purity) * sum {
+                    continue;
+                }
+                for_each_pixel(mask, |p| {
+                    refined[p] = if confidence[p] >= params.keep_confidence {
+                        edge_labels[p]
+                    } else {
+                        winner
+                    };
+                });
+            }
+        }
+    }
+    refined
+}
+
+/// The ceiling of mask-level labelling: each mask takes the most frequent ground-truth label inside it (labels
+/// `>= classes` are ignored; masks with no labelled pixel are skipped). For benchmarks only.
+pub fn fuse_oracle(masks: &[Mask], edge_labels: &[u8], truth: &[u8], classes: usize) -> Vec<u8> {
+    let mut refined = edge_labels.to_vec();
+    for mask in painting_order(masks, edge_labels.len()) {
+        let mut counts = vec![0.0f64; classes];
+        for_each_pixel(mask, |p| {
+            if usize::from(truth[p]) < classes {
+                counts[usize::from(truth[p])] += 1.0;
+            }
+        });
+        if let Some(winner) = argmax(&counts) {
+            for_each_pixel(mask, |p| refined[p] = winner);
+        }
+    }
+    refined
+}
+
+/// Largest first (stable for equal areas), checking every mask matches the label map's size.
+fn painting_order(masks: &[Mask], plane: usize) -> Vec<&Mask> {
+    let mut ordered: Vec<&Mask> = masks.iter().collect();
+    for mask in &ordered {
+        assert_eq!(
+            (mask.segmentation.width * mask.segmentation.height) as usize,
+            plane,
+            "masks and scores must have the same size"
+        );
+    }
+    ordered.sort_by_key(|m| std::cmp::Reverse(m.area));
+    ordered
+}
+
+fn for_each_pixel(mask: &Mask, mut visit: impl FnMut(usize)) {
+    for run in &mask.segmentation.runs {
+        (run.start as usize..(run.start + run.len) as usize).for_each(&mut visit);
+    }
+}
+
+/// Index of the largest positive total (ties go to the lower class), `None` if all are zero.
+fn argmax(totals: &[f64]) -> Option<u8> {
+    let mut best: Option<usize> = None;
+    for (c, &t) in totals.iter().enumerate() {
+        if t > 0.0 && best.is_none_or(|b| t > totals[b]) {
+            best = Some(c);
+        }
+    }
+    best.map(|c| c as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grid::CropBox;
+    use crate::rle::Rle;
+
+    /// A 4x2 frame with 3 classes; `probabilities` lists each pixel's (p0, p1, p2).
+    fn scores(pixels: [[f32; 3]; 8]) -> ClassScores {
+        let probabilities = (0..3)
+            .flat_map(|c| pixels.iter().map(move |p| p[c]))
+            .collect();
+        ClassScores {
+            probabilities,
+            classes: 3,
+            width: 4,
+            height: 2,
+        }
+    }
+
+    fn mask(rows: [&str; 2]) -> Mask {
+        let bits: Vec<bool> = rows
+            .iter()
+            .flat_map(|r| r.chars().map(|c| c == '#'))
+            .collect();
+        let segmentation = Rle::from_bitmap(&bits, 4, 2);
+        Mask {
+            area: segmentation.area(),
+            bbox: segmentation.bbox(),
+            segmentation,
+            predicted_iou: 0.9,
+            stability_score: 0.96,
+            point: [0.0, 0.0],
+            crop_box: CropBox::whole(4, 2),
+        }
+    }
+
+    const A: [f32; 3] = [0.6, 0.3, 0.1];
+    const B: [f32; 3] = [0.1, 0.5, 0.4];
+    const C: [f32; 3] = [0.0, 0.0, 1.0];
+    const SURE_A: [f32; 3] = [0.97, 0.02, 0.01];
+
+    #[test]
+    fn ssa_vote_takes_the_majority_and_small_masks_win() {
+        // Edge labels: 0 1 1 0 / 2 2 1 0.
+        let s = scores([A, B, B, A, C, C, B, A]);
+        let big = mask(["####", "###."]);
+        let small = mask(["....", "##.."]);
+        assert_eq!(
+            fuse(&FusionRule::SsaVote, &[small.clone(), big.clone()], &s),
+            vec![1, 1, 1, 1, 2, 2, 1, 0]
+        );
+        // Without the small mask the big one paints everything it covers.
+        assert_eq!(
+            fuse(&FusionRule::SsaVote, &[big], &s),
+            vec![1, 1, 1, 1, 1, 1, 1, 0]
+        );
+        assert_eq!(fuse(&FusionRule::SsaVote, &[], &s), s.labels());
+    }
+
+    #[test]
+    fn logit_sum_takes_the_argmax_of_summed_scores() {
+        let s = scores([A, A, C, B, A, A, A, A]);
+        let m = mask(["###.", "...."]);
+        // class0 = 1.2, class1 = 0.6, class2 = 1.2 (tie goes to 0); vote also says 0.
+        assert_eq!(
+            fuse(&FusionRule::LogitSum, std::slice::from_ref(&m), &s)[..4],
+            [0, 0, 0, 1]
+        );
+        let s = scores([A, C, C, B, A, A, A, A]);
+        // Votes: 0 once, 2 twice -> 2; sums: class0 0.6, class2 2.1 -> 2.
+        assert_eq!(
+            fuse(&FusionRule::LogitSum, std::slice::from_ref(&m), &s)[..4],
+            [2, 2, 2, 1]
+        );
+        let s = scores([B, B, SURE_A, A, A, A, A, A]);
+        // Votes say 1 (2 of 3); sums: class0 0.1+0.1+0.97 = 1.17, class1 1.02 -> 0.
+        assert_eq!(
+            fuse(&FusionRule::SsaVote, std::slice::from_ref(&m), &s)[..3],
+            [1, 1, 1]
+        );
+        assert_eq!(fuse(&FusionRule::LogitSum, &[m], &s)[..3], [0, 0, 0]);
+    }
+
+    #[test]
+    fn confident_vote_weighs_skips_straddling_masks_and_keeps_sure_pixels() {
+        let params = ConfidentVoteParams {
+            min_purity: 0.6,
+            keep_confidence: 0.95,
+        };
+        let rule = FusionRule::ConfidentVote(params);
+        // Mask over B, B, SURE_A: weights 0.5 + 0.5 for class 1, 0.97 for class 0 -> 0 wins with 0.97/1.97 < 0.6.
+        let s = scores([B, B, SURE_A, A, A, A, A, A]);
+        let m = mask(["###.", "...."]);
+        assert_eq!(fuse(&rule, std::slice::from_ref(&m), &s), s.labels());
+        // Mask over B, B, B, SURE_A: class 1 has 1.5 of 2.47 = 0.61 -> painted 1, but the sure pixel stays 0.
+        let m = mask(["####", "...."]);
+        let s = scores([B, B, B, SURE_A, A, A, A, A]);
+        assert_eq!(fuse(&rule, &[m], &s)[..4], [1, 1, 1, 0]);
+    }
+
+    #[test]
+    fn oracle_votes_ground_truth_ignoring_unlabelled_pixels() {
+        let edge = vec![0; 8];
+        let truth = vec![11, 11, 2, 1, 11, 2, 0, 0];
+        let m = mask(["####", "##.."]);
+        assert_eq!(
+            fuse_oracle(std::slice::from_ref(&m), &edge, &truth, 3),
+            vec![2, 2, 2, 2, 2, 2, 0, 0]
+        );
+        let unlabelled = mask(["##..", "...."]);
+        assert_eq!(fuse_oracle(&[unlabelled], &edge, &truth, 3), edge);
+    }
+
+    #[test]
+    fn scores_give_labels_margins_and_resize() {
+        let s = scores([A, B, C, SURE_A, A, A, A, [0.4, 0.4, 0.2]]);
+        assert_eq!(s.labels(), vec![0, 1, 2, 0, 0, 0, 0, 0]);
+        let margins = s.margins();
+        assert!(
+            (margins[0] - 0.3).abs() < 1e-6 && (margins[2] - 1.0).abs() < 1e-6 && margins[7] == 0.0
+        );
+        let doubled = s.resized_nearest(8, 4);
+        assert_eq!(doubled.labels()[..8], [0, 0, 1, 1, 2, 2, 0, 0]);
+        assert_eq!(doubled.resized_nearest(4, 2), s);
+    }
+}
