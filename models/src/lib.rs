@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod onnx_weights;
 pub mod paths;
+pub mod replay_export;
 pub mod runtime;
 pub mod sam;
 

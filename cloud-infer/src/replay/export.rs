@@ -4,6 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use models::replay_export::{INDEX_FILE, INDEX_HEADER, cloud_label_path, image_path, index_line};
+
 use super::{Part, ReplayError, ReplayStore};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,19 +21,19 @@ pub fn export_index(store: &dyn ReplayStore, out: &Path) -> Result<ExportSummary
         fs::create_dir_all(dir).map_err(|e| ReplayError::io(dir.display(), e))?;
     }
     let records = store.entries()?;
-    let mut index =
-        String::from("# exported from the cloud-infer replay buffer: image cloud-label\n");
+    let mut index = format!("{INDEX_HEADER}\n");
     for record in &records {
-        let image_name = format!("images/{}.{}", record.id, record.image_extension);
-        let label_name = format!("labels/{}.png", record.id);
+        let image_name = image_path(&record.id, &record.image_extension);
+        let label_name = cloud_label_path(&record.id);
         for (name, part) in [(&image_name, Part::Image), (&label_name, Part::CloudLabels)] {
             let path = out.join(name);
             fs::write(&path, store.read(record, part)?)
                 .map_err(|e| ReplayError::io(path.display(), e))?;
         }
-        index.push_str(&format!("{image_name} {label_name}\n"));
+        index.push_str(&index_line(&record.id, &record.image_extension));
+        index.push('\n');
     }
-    let index_path = out.join("index.txt");
+    let index_path = out.join(INDEX_FILE);
     fs::write(&index_path, index).map_err(|e| ReplayError::io(index_path.display(), e))?;
     Ok(ExportSummary {
         index: index_path,
