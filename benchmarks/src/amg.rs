@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long, default_value_t = 32)]
     points_per_side: usize,
     /// Prompt budget of the adaptive and guided modes.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 48)]
     budget: usize,
     /// Decoder batch of the adaptive and guided modes (smaller batches skip more covered points).
     #[arg(long, default_value_t = 16)]

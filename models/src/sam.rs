@@ -119,6 +119,21 @@ impl Default for GeneratorConfig {
     }
 }
 
+impl GeneratorConfig {
+    /// The cloud refinement preset: SAM's thresholds, guided prompting over the 32x32 grid with 48 prompts in
+    /// batches of 16, skipping cells where the edge is sure. About 2-3 s per frame on 2 cores, encoder included.
+    pub fn guided_refinement() -> Self {
+        Self {
+            prompting: PromptMode::Guided {
+                max_prompts: 48,
+                batch_size: 16,
+                min_uncertainty: 0.1,
+            },
+            ..Self::default()
+        }
+    }
+}
+
 /// What to generate masks for: an image, or the embedding of one computed earlier.
 #[derive(Debug, Clone, Copy)]
 pub enum SamInput<'a> {

@@ -36,7 +36,8 @@ impl Frame {
 
 /// Loads every labelled frame an index file lists.
 pub fn load_frames(index: &Path) -> Result<Vec<Frame>> {
-    let samples = read_index(index, None).with_context(|| format!("reading {}", index.display()))?;
+    let samples =
+        read_index(index, None).with_context(|| format!("reading {}", index.display()))?;
     let bar = crate::progress::bar(samples.len() as u64, "loading");
     let frames = samples
         .iter()
@@ -71,7 +72,10 @@ pub fn normalise(image: &Tensor, spec: &InputSpec) -> Tensor {
 fn augment(frame: &Frame, aug: &Augmentation, ignore: i64, rng: &mut StdRng) -> (Tensor, Tensor) {
     let (_, h, w) = frame.image.size3().expect("image is [3, H, W]");
     let scale = rng.random_range(aug.min_scale..=aug.max_scale);
-    let (sh, sw) = ((h as f64 * scale).round() as i64, (w as f64 * scale).round() as i64);
+    let (sh, sw) = (
+        (h as f64 * scale).round() as i64,
+        (w as f64 * scale).round() as i64,
+    );
     let image = frame
         .image
         .to_kind(Kind::Float)
@@ -103,7 +107,7 @@ fn augment(frame: &Frame, aug: &Augmentation, ignore: i64, rng: &mut StdRng) -> 
     if aug.jitter > 0.0 {
         let mut factor = || rng.random_range((1.0 - aug.jitter)..=(1.0 + aug.jitter));
         let (brightness, contrast, saturation) = (factor(), factor(), factor());
-        image = image * brightness;
+        image *= brightness;
         let mean = image.mean(Kind::Float);
         image = (&image - &mean) * contrast + &mean;
         let grey = image.mean_dim(0, true, Kind::Float);
@@ -128,12 +132,20 @@ pub fn epoch_batches(
     let chunks: Vec<Vec<(Tensor, Tensor)>> = order
         .chunks(batch_size)
         .filter(|c| c.len() == batch_size)
-        .map(|chunk| chunk.iter().map(|&i| augment(&frames[i], aug, ignore, rng)).collect())
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|&i| augment(&frames[i], aug, ignore, rng))
+                .collect()
+        })
         .collect();
     let spec = spec.clone();
     chunks.into_iter().map(move |pairs| {
         let (images, labels): (Vec<Tensor>, Vec<Tensor>) = pairs.into_iter().unzip();
-        (normalise(&Tensor::stack(&images, 0), &spec), Tensor::stack(&labels, 0))
+        (
+            normalise(&Tensor::stack(&images, 0), &spec),
+            Tensor::stack(&labels, 0),
+        )
     })
 }
 

@@ -26,7 +26,10 @@ pub fn onnx_weights(trainer: &Trainer, onnx: &[u8]) -> Result<HashMap<String, Ve
     for init in initializers(onnx)? {
         let flat = init.name.replace('.', "_");
         if let Some(previous) = by_flat_name.insert(flat.clone(), init.name.clone()) {
-            bail!("initializers `{previous}` and `{}` both map to `{flat}`", init.name);
+            bail!(
+                "initializers `{previous}` and `{}` both map to `{flat}`",
+                init.name
+            );
         }
     }
     let mut weights = HashMap::new();
@@ -66,7 +69,12 @@ pub fn publish(trainer: &Trainer, out: &Path, info: &PublishInfo) -> Result<()> 
     std::fs::create_dir_all(&staging)?;
 
     let mut manifest = source.manifest.clone();
-    let model_entry = manifest.files.get("model").context("manifest lists no model file")?.path.clone();
+    let model_entry = manifest
+        .files
+        .get("model")
+        .context("manifest lists no model file")?
+        .path
+        .clone();
     let trainable_entry = manifest
         .files
         .get("trainable")

@@ -6,8 +6,14 @@
 
 pub mod data;
 pub mod export;
+pub mod gate;
 pub mod progress;
+pub mod registry;
+pub mod rehearsal;
+pub mod retrain;
+pub mod snapshot;
 pub mod train;
+pub mod trigger;
 
 pub use train::{TrainConfig, Trainer};
 

@@ -13,6 +13,9 @@ use trainer::data::{Augmentation, load_frames};
 use trainer::export::{PublishInfo, publish};
 use trainer::{TrainConfig, Trainer};
 
+mod retrain_cli;
+use retrain_cli::RetrainAction;
+
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -26,6 +29,11 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate a model directory's ONNX graph on labelled index files: per-class IoU, mIoU, median latency.
     Eval(EvalArgs),
+    /// Lifelong retraining on the replay buffer, labelled by the cloud, gated, published into a model registry.
+    Retrain {
+        #[command(subcommand)]
+        action: RetrainAction,
+    },
 }
 
 #[derive(Args)]
@@ -71,7 +79,11 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Parameter-name prefixes to keep frozen (comma-separated; empty to train everything).
-    #[arg(long, value_delimiter = ',', default_value = "_conv_stem.,_bn0.,_blocks.0.,_blocks.1.,_blocks.2.")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "_conv_stem.,_bn0.,_blocks.0.,_blocks.1.,_blocks.2."
+    )]
     freeze: Vec<String>,
     #[arg(long, default_value_t = 5)]
     validate_every: usize,
@@ -102,12 +114,14 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
+        Command::Retrain { action } => retrain_cli::run(action),
     }
 }
 
 fn train(args: TrainArgs) -> Result<()> {
     tch::set_num_threads(args.threads);
-    let mut trainer = Trainer::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
+    let mut trainer =
+        Trainer::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
     let frames = load_frames(&args.train_index)?;
     let validation = match &args.val_index {
         Some(index) => load_frames(index)?,
@@ -133,7 +147,12 @@ fn train(args: TrainArgs) -> Result<()> {
         },
         class_weighting: !args.no_class_weighting,
         seed: args.seed,
-        freeze_prefixes: args.freeze.iter().filter(|p| !p.is_empty()).cloned().collect(),
+        freeze_prefixes: args
+            .freeze
+            .iter()
+            .filter(|p| !p.is_empty())
+            .cloned()
+            .collect(),
         validate_every: args.validate_every,
         checkpoint_dir,
     };
@@ -144,10 +163,18 @@ fn train(args: TrainArgs) -> Result<()> {
         validation.len(),
         config.epochs
     );
-    let progress = trainer.fit(&frames, &validation, &config, |epoch, loss, scores| match scores {
-        Some(s) => println!("epoch {epoch:>3}  loss {loss:.4}  val mIoU {:.4}  pixel acc {:.4}", s.miou, s.pixel_accuracy),
-        None => println!("epoch {epoch:>3}  loss {loss:.4}"),
-    })?;
+    let progress = trainer.fit(
+        &frames,
+        &validation,
+        &config,
+        |epoch, loss, scores| match scores {
+            Some(s) => println!(
+                "epoch {epoch:>3}  loss {loss:.4}  val mIoU {:.4}  pixel acc {:.4}",
+                s.miou, s.pixel_accuracy
+            ),
+            None => println!("epoch {epoch:>3}  loss {loss:.4}"),
+        },
+    )?;
     let mut metrics = BTreeMap::new();
     if let Some(miou) = progress.validation_miou.last() {
         metrics.insert("validation/miou".to_string(), *miou);
@@ -180,7 +207,12 @@ fn eval(args: EvalArgs) -> Result<()> {
         },
     )?;
     let manifest = model.manifest();
-    println!("model {} version {} ({})\n", manifest.name, manifest.version, args.model.display());
+    println!(
+        "model {} version {} ({})\n",
+        manifest.name,
+        manifest.version,
+        args.model.display()
+    );
     let names = manifest.class_names();
     let mut summary = Vec::new();
     for index in &args.indexes {
@@ -188,9 +220,17 @@ fn eval(args: EvalArgs) -> Result<()> {
         let bar = trainer::progress::bar(samples.len() as u64, "eval");
         let (scores, times) = evaluate_edge(&model, &samples, |i| bar.set_position(i as u64))?;
         bar.finish_and_clear();
-        println!("## {} ({} frames)\n\n{}", index.display(), samples.len(), scores.table(&names));
+        println!(
+            "## {} ({} frames)\n\n{}",
+            index.display(),
+            samples.len(),
+            scores.table(&names)
+        );
         let median_ms = median(&times);
-        println!("median edge inference: {median_ms:.1} ms ({} threads)\n", args.threads);
+        println!(
+            "median edge inference: {median_ms:.1} ms ({} threads)\n",
+            args.threads
+        );
         summary.push((index.display().to_string(), scores.miou, median_ms));
     }
     println!("| split | mIoU | median inference ms |\n|---|---|---|");

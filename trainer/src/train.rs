@@ -107,7 +107,8 @@ impl Trainer {
     pub fn evaluate(&self, frames: &[Frame]) -> SegmentationScores {
         let mut matrix = ConfusionMatrix::new(self.num_classes());
         for frame in frames {
-            let predicted = Vec::<u8>::try_from(self.predict(frame).view([-1])).expect("uint8 labels");
+            let predicted =
+                Vec::<u8>::try_from(self.predict(frame).view([-1])).expect("uint8 labels");
             let truth = Vec::<u8>::try_from(frame.label.view([-1])).expect("uint8 labels");
             matrix.add(&truth, &predicted);
         }
@@ -178,7 +179,8 @@ impl Trainer {
             }
             self.module.set_eval();
             let mean_loss = loss_sum / batches.max(1) as f64;
-            let validate = (epoch + 1) % config.validate_every.max(1) == 0 || epoch + 1 == config.epochs;
+            let validate =
+                (epoch + 1) % config.validate_every.max(1) == 0 || epoch + 1 == config.epochs;
             let scores = (validate && !validation.is_empty()).then(|| self.evaluate(validation));
             progress.epochs_done = epoch + 1;
             progress.losses.push(mean_loss);
@@ -212,7 +214,11 @@ impl Trainer {
         let manifest = self.manifest.clone();
         let source = self.source_dir.clone();
         *self = Self::load_module(&checkpoint, manifest, &source)?;
-        tracing::info!(epochs_done = progress.epochs_done, "resuming from {}", checkpoint.display());
+        tracing::info!(
+            epochs_done = progress.epochs_done,
+            "resuming from {}",
+            checkpoint.display()
+        );
         Ok(progress)
     }
 

@@ -29,8 +29,10 @@ fn max_difference(dir: &Path, frames: &[image::RgbImage]) -> f32 {
         let (input, _) = to_input_tensor(image, &onnx.manifest().input);
         let from_onnx = onnx.logits(&input).expect("onnx inference");
         let shape: Vec<i64> = input.shape().iter().map(|d| *d as i64).collect();
-        let tensor = Tensor::from_slice(input.as_slice().expect("contiguous")).view(shape.as_slice());
-        let from_tch = Vec::<f32>::try_from(trainer.logits(&tensor).view([-1])).expect("float logits");
+        let tensor =
+            Tensor::from_slice(input.as_slice().expect("contiguous")).view(shape.as_slice());
+        let from_tch =
+            Vec::<f32>::try_from(trainer.logits(&tensor).view([-1])).expect("float logits");
         assert_eq!(from_tch.len(), from_onnx.len());
         let scale = from_onnx.iter().fold(1f32, |m, v| m.max(v.abs()));
         let diff = from_tch
@@ -62,12 +64,16 @@ fn onnx_and_torchscript_agree_on_real_frames() {
 
 #[test]
 fn weights_written_back_after_training_match_torchscript() {
-    let Some(camvid) = camvid_or_skip("weights_written_back_after_training_match_torchscript") else {
+    let Some(camvid) = camvid_or_skip("weights_written_back_after_training_match_torchscript")
+    else {
         return;
     };
     tch::set_num_threads(2);
     let samples = val_frames(&camvid, 4);
-    let frames: Vec<Frame> = samples.iter().map(|s| Frame::from_sample(s).expect("frame")).collect();
+    let frames: Vec<Frame> = samples
+        .iter()
+        .map(|s| Frame::from_sample(s).expect("frame"))
+        .collect();
     let work = std::env::temp_dir().join(format!("writeback-{}", std::process::id()));
     let config = TrainConfig {
         epochs: 1,
@@ -91,10 +97,18 @@ fn weights_written_back_after_training_match_torchscript() {
     };
     let mut trainer = Trainer::load(&model_dir()).expect("trainer loads");
     let before = trainer.flat_parameters();
-    trainer.fit(&frames, &[], &config, |_, _, _| {}).expect("training runs");
+    trainer
+        .fit(&frames, &[], &config, |_, _, _| {})
+        .expect("training runs");
     let after = trainer.flat_parameters();
-    let changed = before.iter().filter(|(name, values)| after[*name] != **values).count();
-    assert!(changed > 100, "only {changed} parameters changed after a training step");
+    let changed = before
+        .iter()
+        .filter(|(name, values)| after[*name] != **values)
+        .count();
+    assert!(
+        changed > 100,
+        "only {changed} parameters changed after a training step"
+    );
 
     let out = work.join("published");
     let info = PublishInfo {
@@ -103,16 +117,23 @@ fn weights_written_back_after_training_match_torchscript() {
         ..Default::default()
     };
     publish(&trainer, &out, &info).expect("publish");
-    let published = models::manifest::LoadedManifest::load_verified(&out).expect("published manifest verifies");
+    let published =
+        models::manifest::LoadedManifest::load_verified(&out).expect("published manifest verifies");
     assert_eq!(published.manifest.version, "test-writeback");
     assert_eq!(
         published.manifest.provenance.parent_version.as_deref(),
         Some(trainer.manifest.version.as_str())
     );
 
-    let images: Vec<_> = samples[..1].iter().map(|s| s.load_image().expect("frame")).collect();
+    let images: Vec<_> = samples[..1]
+        .iter()
+        .map(|s| s.load_image().expect("frame"))
+        .collect();
     let diff = max_difference(&out, &images);
     println!("after write-back, max relative logit difference tch vs ort: {diff:e}");
-    assert!(diff < TOLERANCE, "written-back ONNX disagrees with the trained module by {diff}");
+    assert!(
+        diff < TOLERANCE,
+        "written-back ONNX disagrees with the trained module by {diff}"
+    );
     std::fs::remove_dir_all(&work).ok();
 }

@@ -34,7 +34,10 @@ pub fn export_index(store: &dyn ReplayStore, out: &Path) -> Result<ExportSummary
         index.push('\n');
     }
     let index_path = out.join(INDEX_FILE);
-    fs::write(&index_path, index).map_err(|e| ReplayError::io(index_path.display(), e))?;
+    // Written last and renamed into place: a reader (the retraining job) never sees a half-written index.
+    let temp = out.join(format!("{INDEX_FILE}.tmp"));
+    fs::write(&temp, index).map_err(|e| ReplayError::io(temp.display(), e))?;
+    fs::rename(&temp, &index_path).map_err(|e| ReplayError::io(index_path.display(), e))?;
     Ok(ExportSummary {
         index: index_path,
         entries: records.len(),

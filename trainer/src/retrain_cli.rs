@@ -1,0 +1,359 @@
+//! `trainer retrain run | watch | rollback | status`.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use trainer::TrainConfig;
+use trainer::data::Augmentation;
+use trainer::gate::GatePolicy;
+use trainer::registry::Registry;
+use trainer::retrain::{RetrainConfig, RetrainReport, retrain};
+use trainer::snapshot::{Snapshot, SnapshotError};
+use trainer::trigger::{TimeWindow, TriggerCheck, TriggerPolicy, WatchState, check};
+
+#[derive(Subcommand)]
+pub enum RetrainAction {
+    /// Retrain once on a buffer export now; publish if the gate passes.
+    Run(RetrainArgs),
+    /// Check the buffer export every period and retrain when the trigger fires (or once, for a cron job).
+    Watch(WatchArgs),
+    /// Point the registry's `current` back at the live model's parent version.
+    Rollback(RegistryArgs),
+    /// Show the live version and the registry's history.
+    Status(RegistryArgs),
+}
+
+#[derive(Args)]
+pub struct RegistryArgs {
+    /// Model registry: `<registry>/<version>/` directories and a `current` link (run the edge on it).
+    #[arg(long, env = "MODEL_REGISTRY", default_value = "models/registry")]
+    registry: PathBuf,
+}
+
+#[derive(Args)]
+pub struct RetrainArgs {
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Model the registry starts from when it is empty.
+    #[arg(
+        long,
+        env = "RETRAIN_SEED_MODEL",
+        default_value = "models/edge/current"
+    )]
+    seed_model: PathBuf,
+    /// Replay-buffer export (`cloud-infer export-index --out DIR`): `index.txt`, `images/`, `labels/`.
+    #[arg(long, env = "BUFFER_EXPORT")]
+    buffer_export: PathBuf,
+    /// Run directories (checkpoints, decision.json) go under this.
+    #[arg(long, default_value = "runs/retrain")]
+    runs_dir: PathBuf,
+    /// Newest buffer frames used at most (bounds memory).
+    #[arg(long, default_value_t = 200)]
+    max_buffer_frames: usize,
+    /// Share of buffer frames held back to score the new task against the cloud's labels.
+    #[arg(long, default_value_t = 0.2)]
+    holdout_fraction: f64,
+    /// Original training index to draw rehearsal frames from (class-balanced).
+    #[arg(long, env = "REHEARSAL_INDEX")]
+    rehearsal_index: Option<PathBuf>,
+    /// Rehearsal frames per buffer training frame.
+    #[arg(long, default_value_t = 1.0)]
+    rehearsal_ratio: f64,
+    #[arg(long, default_value_t = 200)]
+    max_rehearsal_frames: usize,
+    /// Old-task validation index (ground truth), e.g. day-val.
+    #[arg(long, env = "OLD_TASK_INDEX")]
+    old_task_index: PathBuf,
+    #[arg(long, default_value_t = 101)]
+    max_old_task_frames: usize,
+    /// Labelled new-domain index (e.g. dusk-eval): scored by the gate, never trained on.
+    #[arg(long)]
+    new_task_labelled_index: Option<PathBuf>,
+    /// Largest old-task mIoU loss (points) the gate accepts.
+    #[arg(long, default_value_t = 1.0)]
+    max_old_task_drop: f64,
+    /// Every new-task split must gain more than this (mIoU points).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    min_new_task_gain: f64,
+    /// Published version; default `<parent>-ll.<snapshot id>`.
+    #[arg(long)]
+    version: Option<String>,
+    #[arg(long, default_value_t = 8)]
+    epochs: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 5e-4)]
+    learning_rate: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 10)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 256)]
+    crop_height: i64,
+    #[arg(long, default_value_t = 320)]
+    crop_width: i64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Parameter-name prefixes to keep frozen (comma-separated; empty to train everything).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "_conv_stem.,_bn0.,_blocks.0.,_blocks.1.,_blocks.2."
+    )]
+    freeze: Vec<String>,
+    /// libtorch threads.
+    #[arg(long, env = "TRAIN_THREADS", default_value_t = 2)]
+    threads: i32,
+}
+
+#[derive(Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    retrain: RetrainArgs,
+    /// Retrain when at least this many buffer entries are new since the last run.
+    #[arg(long, default_value_t = 20)]
+    min_new_samples: usize,
+    #[arg(long, default_value_t = 300)]
+    check_period_secs: u64,
+    /// Only start a run inside this daily UTC window, `HH:MM-HH:MM` (may wrap past midnight).
+    #[arg(long)]
+    window: Option<TimeWindow>,
+    /// Shell command run before each check to refresh the export, e.g.
+    /// `cloud-infer export-index --buffer runs/replay-buffer --out runs/buffer-export`.
+    #[arg(long)]
+    refresh_command: Option<String>,
+    /// Check once and exit (for cron or a Kubernetes CronJob).
+    #[arg(long)]
+    once: bool,
+}
+
+pub fn run(action: RetrainAction) -> Result<()> {
+    match action {
+        RetrainAction::Run(args) => {
+            let report = run_once(&args)?;
+            print_report(&report);
+            Ok(())
+        }
+        RetrainAction::Watch(args) => watch(&args),
+        RetrainAction::Rollback(args) => {
+            let (from, to) = Registry::open(&args.registry)?.rollback()?;
+            println!("rolled back {}: {from} -> {to}", args.registry.display());
+            Ok(())
+        }
+        RetrainAction::Status(args) => {
+            let registry = Registry::open(&args.registry)?;
+            match registry.current()? {
+                Some(m) => println!(
+                    "live: {} (parent {:?})",
+                    m.version, m.provenance.parent_version
+                ),
+                None => println!("no live model in {}", args.registry.display()),
+            }
+            for change in registry.history()? {
+                println!(
+                    "{} {:>8} {} -> {}",
+                    change.at_unix_s,
+                    change.action,
+                    change.from.as_deref().unwrap_or("-"),
+                    change.to
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn config(args: &RetrainArgs) -> RetrainConfig {
+    RetrainConfig {
+        registry: args.registry.registry.clone(),
+        seed_model: args.seed_model.clone(),
+        snapshot: args.buffer_export.clone(),
+        max_buffer_frames: args.max_buffer_frames,
+        holdout_fraction: args.holdout_fraction,
+        rehearsal_index: args.rehearsal_index.clone(),
+        rehearsal_ratio: args.rehearsal_ratio,
+        max_rehearsal_frames: args.max_rehearsal_frames,
+        old_task_index: args.old_task_index.clone(),
+        max_old_task_frames: args.max_old_task_frames,
+        new_task_labelled_index: args.new_task_labelled_index.clone(),
+        gate: GatePolicy {
+            max_old_task_drop: args.max_old_task_drop,
+            min_new_task_gain: args.min_new_task_gain,
+        },
+        train: TrainConfig {
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            learning_rate: args.learning_rate,
+            weight_decay: args.weight_decay,
+            warmup_steps: args.warmup_steps,
+            augmentation: Augmentation {
+                crop_height: args.crop_height,
+                crop_width: args.crop_width,
+                min_scale: 0.75,
+                max_scale: 1.5,
+                flip: true,
+                jitter: 0.25,
+            },
+            class_weighting: true,
+            seed: args.seed,
+            freeze_prefixes: args
+                .freeze
+                .iter()
+                .filter(|p| !p.is_empty())
+                .cloned()
+                .collect(),
+            validate_every: args.epochs.max(1),
+            checkpoint_dir: PathBuf::new(),
+        },
+        runs_dir: args.runs_dir.clone(),
+        version: args.version.clone(),
+    }
+}
+
+fn run_once(args: &RetrainArgs) -> Result<RetrainReport> {
+    tch::set_num_threads(args.threads);
+    retrain(&config(args), |epoch, loss| {
+        println!("epoch {epoch:>3}  loss {loss:.4}")
+    })
+}
+
+fn print_report(report: &RetrainReport) {
+    let d = &report.decision;
+    let f = &report.frames;
+    println!(
+        "snapshot {} ({} listed): {} buffer + {} rehearsal frames trained, {} held back; parent {}",
+        report.snapshot_id,
+        f.buffer_listed,
+        f.buffer_train,
+        f.rehearsal,
+        f.buffer_holdout,
+        report.parent_version
+    );
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}", v * 100.0));
+    println!("| split | parent mIoU | candidate mIoU |\n|---|---|---|");
+    println!(
+        "| old task ({} frames) | {:.2} | {:.2} |",
+        f.old_task,
+        d.parent.old_task_miou * 100.0,
+        d.candidate.old_task_miou * 100.0
+    );
+    println!(
+        "| new task, buffer held back vs cloud labels ({} frames) | {:.2} | {:.2} |",
+        f.buffer_holdout,
+        d.parent.new_task_buffer_miou * 100.0,
+        d.candidate.new_task_buffer_miou * 100.0
+    );
+    println!(
+        "| new task, labelled ({} frames) | {} | {} |",
+        f.new_task_labelled,
+        opt(d.parent.new_task_labelled_miou),
+        opt(d.candidate.new_task_labelled_miou)
+    );
+    match &report.published {
+        Some(dir) => println!(
+            "PUBLISHED {} at {}",
+            report.candidate_version,
+            dir.display()
+        ),
+        None => {
+            println!("REFUSED {}:", report.candidate_version);
+            for refusal in &d.refusals {
+                println!("  - {refusal}");
+            }
+        }
+    }
+    println!(
+        "decision: {}",
+        report
+            .run_dir
+            .join(trainer::retrain::DECISION_FILE)
+            .display()
+    );
+}
+
+fn watch(args: &WatchArgs) -> Result<()> {
+    let policy = TriggerPolicy {
+        min_new_samples: args.min_new_samples,
+        window: args.window,
+    };
+    std::fs::create_dir_all(&args.retrain.runs_dir)?;
+    let state_path = args.retrain.runs_dir.join("watch-state.json");
+    loop {
+        if let Err(error) = check_and_retrain(args, &policy, &state_path) {
+            // A bad export or a failed run must not stop the watcher; the next period tries again.
+            tracing::error!("retraining check failed: {error:#}");
+            if args.once {
+                return Err(error);
+            }
+        }
+        if args.once {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(args.check_period_secs.max(1)));
+    }
+}
+
+fn check_and_retrain(
+    args: &WatchArgs,
+    policy: &TriggerPolicy,
+    state_path: &std::path::Path,
+) -> Result<()> {
+    if let Some(command) = &args.refresh_command {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .status()?;
+        if !status.success() {
+            bail!("refresh command `{command}` failed: {status}");
+        }
+    }
+    let snapshot = match Snapshot::open(&args.retrain.buffer_export, args.retrain.max_buffer_frames)
+    {
+        Ok(snapshot) => snapshot,
+        Err(SnapshotError::Empty { .. }) => {
+            println!(
+                "buffer export {} is empty; waiting",
+                args.retrain.buffer_export.display()
+            );
+            return Ok(());
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut state = WatchState::load(state_path)?;
+    let names: Vec<String> = snapshot.samples.iter().map(|s| s.name()).collect();
+    let new_samples = state.new_samples(names.iter().map(String::as_str));
+    let minute_of_day = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() % 86_400 / 60) as u32;
+    match check(new_samples, minute_of_day, policy) {
+        TriggerCheck::Retrain { new_samples } => {
+            println!(
+                "{new_samples} new buffer samples in snapshot {}: retraining",
+                snapshot.id
+            );
+            let report = run_once(&args.retrain)?;
+            print_report(&report);
+            state.seen = names.into_iter().collect();
+            state.last_snapshot_id = Some(report.snapshot_id);
+            state.save(state_path)?;
+        }
+        TriggerCheck::NotEnoughSamples {
+            new_samples,
+            needed,
+        } => {
+            println!(
+                "snapshot {}: {new_samples} new buffer samples, {needed} needed; not retraining",
+                snapshot.id
+            )
+        }
+        TriggerCheck::OutsideWindow { new_samples } => {
+            println!(
+                "snapshot {}: {new_samples} new buffer samples, outside the window; not retraining",
+                snapshot.id
+            )
+        }
+    }
+    Ok(())
+}
