@@ -143,14 +143,22 @@ mod tests {
             protocol: PROTOCOL_VERSION.into(),
             request_id: "r1".into(),
             robot_id: "robot-7".into(),
-            edge_model: ModelRef { name: "edge".into(), version: "1.0.0".into() },
+            edge_model: ModelRef {
+                name: "edge".into(),
+                version: "1.0.0".into(),
+            },
             deadline_unix_ms: 42,
             miner_score: 0.5,
             miner: "cross-entropy".into(),
             domain: None,
-            scores: QuantisedScores { classes: 11, height: 45, width: 60 },
+            scores: QuantisedScores {
+                classes: 11,
+                height: 45,
+                width: 60,
+            },
         };
-        let back: RefineMeta = serde_json::from_str(&serde_json::to_string(&meta).unwrap()).unwrap();
+        let back: RefineMeta =
+            serde_json::from_str(&serde_json::to_string(&meta).unwrap()).unwrap();
         assert_eq!(back, meta);
         assert_eq!(meta.scores.len(), 11 * 45 * 60);
         assert!(compatible("1.7"));
