@@ -18,17 +18,11 @@ use trainer::gate::{GatePolicy, Refusal};
 use trainer::registry::Registry;
 use trainer::retrain::{DECISION_FILE, RetrainConfig, RetrainReport, retrain};
 
-/// `EDGE_MODEL_DIR`, else the day-trained `models/edge/current`, else the ImageNet-initialised base.
+/// `EDGE_MODEL_DIR`, else the day-trained `models/edge/current`.
 fn seed_model() -> PathBuf {
-    if let Some(dir) = std::env::var_os("EDGE_MODEL_DIR") {
-        return PathBuf::from(dir);
-    }
-    let current = models_dir().join("edge/current");
-    if current.join("manifest.json").is_file() {
-        current
-    } else {
-        models_dir().join("edge/base")
-    }
+    std::env::var_os("EDGE_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| models_dir().join("edge/current"))
 }
 
 /// Stands in for MobileSAM's refinement: the annotation coarsened to 8x8 blocks (mask-like boundaries), with the

@@ -121,7 +121,7 @@ fn the_snapshot_keeps_only_the_newest_frames_and_its_id_follows_the_index() {
 
 /// A model directory with tiny stand-in files: enough for the registry, which never runs the model.
 fn fake_model(dir: &Path, version: &str, parent: Option<&str>) {
-    let base = LoadedManifest::load_unverified(&models_dir().join("edge/base")).unwrap();
+    let base = LoadedManifest::load_unverified(&models_dir().join("edge/current")).unwrap();
     let mut manifest: Manifest = base.manifest;
     manifest.version = version.to_string();
     manifest.provenance.parent_version = parent.map(str::to_string);

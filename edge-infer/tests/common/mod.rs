@@ -9,12 +9,14 @@ use edge_infer::{Cli, Command};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-/// The model to serve: `EDGE_MODEL_DIR`, else `models/edge/current`, else `models/edge/base`.
+/// The model to serve: `EDGE_MODEL_DIR`, else the shipped `models/edge/current`.
 pub fn model_dir_or_skip(test: &str) -> Option<PathBuf> {
     let candidates = std::env::var_os("EDGE_MODEL_DIR")
         .map(PathBuf::from)
         .into_iter()
-        .chain(["edge/current", "edge/base"].map(|dir| models::paths::models_dir().join(dir)));
+        .chain(std::iter::once(
+            models::paths::models_dir().join("edge/current"),
+        ));
     for dir in candidates {
         if dir.join("manifest.json").is_file() {
             return Some(dir);
