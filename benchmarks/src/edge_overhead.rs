@@ -61,6 +61,8 @@ impl Drop for KillOnDrop {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    // reqwest is built without a default TLS provider (the workspace picks ring); plain HTTP still needs one set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let samples = read_index(&args.index, None)?;
     let pngs: Vec<Vec<u8>> = samples
         .iter()
@@ -77,8 +79,14 @@ pub fn run(args: &Args) -> Result<()> {
     let model = EdgeModel::load(&args.model, session)?;
 
     // Raw model and raw pipeline, sequential.
-    let images: Vec<_> = pngs.iter().map(|p| decode_rgb(p, u64::MAX)).collect::<Result<_, _>>()?;
-    let tensors: Vec<_> = images.iter().map(|i| to_input_tensor(i, &model.manifest().input).0).collect();
+    let images: Vec<_> = pngs
+        .iter()
+        .map(|p| decode_rgb(p, u64::MAX))
+        .collect::<Result<_, _>>()?;
+    let tensors: Vec<_> = images
+        .iter()
+        .map(|i| to_input_tensor(i, &model.manifest().input).0)
+        .collect();
     model.logits(&tensors[0])?; // warm-up
     let mut raw_model = Vec::new();
     let mut raw_pipeline = Vec::new();
@@ -107,10 +115,17 @@ pub fn run(args: &Args) -> Result<()> {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| format!("starting {} (cargo build --release -p edge-infer)", args.edge_binary.display()))?,
+            .with_context(|| {
+                format!(
+                    "starting {} (cargo build --release -p edge-infer)",
+                    args.edge_binary.display()
+                )
+            })?,
     );
     let base = format!("http://{}", args.listen);
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
     wait_ready(&client, &base)?;
     let url = format!("{base}/v1/segment?collaborate=never");
     post(&client, &url, &pngs[0])?; // warm-up
@@ -129,7 +144,8 @@ pub fn run(args: &Args) -> Result<()> {
     let service_throughput = throughput_http(&url, &pngs, args.clients, args.seconds)?;
     drop(server);
 
-    let (raw_med, pipe_med, http_med) = (median(&raw_model), median(&raw_pipeline), median(&service));
+    let (raw_med, pipe_med, http_med) =
+        (median(&raw_model), median(&raw_pipeline), median(&service));
     let table = format!(
         "Command: `benchmarks edge-overhead --frames {} --rounds {} --threads {} --clients {} --seconds {}` \
          (edge model {}, 480x360 CamVid day-val PNGs; {}).\n\n\
@@ -178,7 +194,11 @@ fn percentile(values: &[f64], q: f64) -> f64 {
 
 fn wait_ready(client: &reqwest::blocking::Client, base: &str) -> Result<()> {
     for _ in 0..240 {
-        if client.get(format!("{base}/ready")).send().is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(format!("{base}/ready"))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -200,7 +220,11 @@ fn post(client: &reqwest::blocking::Client, url: &str, png: &[u8]) -> Result<ser
     Ok(body)
 }
 
-fn throughput_raw(model: &EdgeModel, tensors: &[ndarray::Array4<f32>], seconds: u64) -> Result<f64> {
+fn throughput_raw(
+    model: &EdgeModel,
+    tensors: &[ndarray::Array4<f32>],
+    seconds: u64,
+) -> Result<f64> {
     let start = Instant::now();
     let mut done = 0usize;
     while start.elapsed() < Duration::from_secs(seconds) {

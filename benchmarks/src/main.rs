@@ -2,6 +2,9 @@
 //! into a marked section of `benchmarks/README.md`.
 
 mod amg;
+mod cloud_labels;
+mod edge_overhead;
+mod miners;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -17,10 +20,16 @@ struct Cli {
 enum Command {
     /// MobileSAM automatic mask generation: prompting modes x fusion rules, time and mIoU.
     Amg(amg::Args),
+    /// Hard-example scorers: rank correlation with edge error, collaborative mIoU at 10/20/30% upload.
+    Miners(miners::MinersArgs),
+    /// Edge service overhead: raw ONNX Runtime vs a full POST /v1/segment round trip, latency and throughput.
+    EdgeOverhead(edge_overhead::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Amg(args) => amg::run(&args),
+        Command::Miners(args) => miners::run(args),
+        Command::EdgeOverhead(args) => edge_overhead::run(&args),
     }
 }

@@ -90,7 +90,8 @@ pub struct SamSettings {
 impl SamSettings {
     fn generator(&self) -> GeneratorConfig {
         let defaults = GeneratorConfig::default();
-        let batch_size = defaults.points_per_batch;
+        // Budgeted modes decide after each batch which points are still worth asking: small batches waste less.
+        let batch_size = 16;
         let prompting = match self.prompt_mode {
             PromptModeArg::Grid => PromptMode::Grid,
             PromptModeArg::Adaptive => PromptMode::Adaptive {

@@ -106,14 +106,6 @@ impl MaskUpscaler {
         }
     }
 
-    pub fn out_width(&self) -> usize {
-        self.x_taps.len()
-    }
-
-    pub fn out_height(&self) -> usize {
-        self.y_taps.len()
-    }
-
     /// Thresholds one `low_res`² logit map at `threshold` into a mask placed at `crop` inside an
     /// `image_width` x `image_height` image, computing the stability score with `offset` on the way.
     pub fn threshold(

@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use crate::cloud_labels::CloudLabeller;
+use crate::cloud_labels::{CloudArgs, CloudLabeller};
 use crate::report;
 
 #[derive(Args)]
@@ -35,7 +35,7 @@ pub struct MinersArgs {
     #[arg(long, default_value_t = 0)]
     max_frames: usize,
     #[command(flatten)]
-    cloud: crate::cloud_labels::CloudArgs,
+    cloud: CloudArgs,
     /// Write the tables into this README section (between `<!-- miners:begin -->` and `<!-- miners:end -->`).
     #[arg(long, default_value = "benchmarks/README.md")]
     readme: PathBuf,
@@ -65,7 +65,7 @@ pub fn run(args: MinersArgs) -> Result<()> {
     let mut labeller = CloudLabeller::new(&args.cloud, model.manifest())?;
     let scorers = scorers();
     let mut out = format!(
-        "Command: `benchmarks miners --max-frames {} {}`; edge model {} {}; cloud labels: {}.\n\n",
+        "Command: `benchmarks miners --max-frames {} {}`; edge model {} {}; cloud labels: {}; {}.\n\n",
         args.max_frames,
         args.indexes
             .iter()
@@ -74,14 +74,15 @@ pub fn run(args: MinersArgs) -> Result<()> {
             .join(" "),
         model.manifest().name,
         model.manifest().version,
-        labeller.describe()
+        labeller.describe(),
+        report::cpu_load_note()
     );
     for index in &args.indexes {
         let frames = evaluate_split(&model, &mut labeller, &scorers, index, args.max_frames)?;
         out.push_str(&split_table(index, &frames, &scorers));
     }
     println!("{out}");
-    report::replace_section(&args.readme, "miners", &out)?;
+    report::replace_readme_section(&args.readme, "miners", &out)?;
     Ok(())
 }
 
@@ -93,13 +94,21 @@ fn evaluate_split(
     max_frames: usize,
 ) -> Result<Vec<FrameResult>> {
     let samples = read_index(index, None)?;
-    let step = if max_frames == 0 { 1 } else { samples.len().div_ceil(max_frames) };
+    let step = if max_frames == 0 {
+        1
+    } else {
+        samples.len().div_ceil(max_frames)
+    };
     let classes = model.num_classes();
     let mut results = Vec::new();
     for sample in samples.iter().step_by(step.max(1)) {
         let (image, truth) = sample.load_labelled()?;
         let edge = model.segment(&image)?;
-        let dims = Dims::new(edge.classes, edge.score_height as usize, edge.score_width as usize);
+        let dims = Dims::new(
+            edge.classes,
+            edge.score_height as usize,
+            edge.score_width as usize,
+        );
         let scores = scorers
             .iter()
             .map(|(_, s)| s.score(&edge.probabilities, dims))
@@ -110,7 +119,11 @@ fn evaluate_split(
         let mut cloud_cm = ConfusionMatrix::new(classes);
         cloud_cm.add(truth.as_raw(), &cloud_labels);
         let edge_error = 1.0 - edge_cm.scores().pixel_accuracy;
-        eprintln!("{} {}: edge error {edge_error:.3}", index.display(), sample.name());
+        eprintln!(
+            "{} {}: edge error {edge_error:.3}",
+            index.display(),
+            sample.name()
+        );
         results.push(FrameResult {
             scores,
             edge_error,
@@ -149,7 +162,11 @@ pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
     let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
     let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
     let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
-    if va == 0.0 || vb == 0.0 { 0.0 } else { cov / (va * vb).sqrt() }
+    if va == 0.0 || vb == 0.0 {
+        0.0
+    } else {
+        cov / (va * vb).sqrt()
+    }
 }
 
 fn ranks(values: &[f64]) -> Vec<f64> {
@@ -174,7 +191,11 @@ fn ranks(values: &[f64]) -> Vec<f64> {
 const RATIOS: [f64; 3] = [0.1, 0.2, 0.3];
 const RANDOM_DRAWS: u64 = 20;
 
-fn split_table(index: &Path, frames: &[FrameResult], scorers: &[(&'static str, Box<dyn Scorer>)]) -> String {
+fn split_table(
+    index: &Path,
+    frames: &[FrameResult],
+    scorers: &[(&'static str, Box<dyn Scorer>)],
+) -> String {
     let n = frames.len();
     let errors: Vec<f64> = frames.iter().map(|f| f.edge_error).collect();
     let none = collaborative_miou(frames, &vec![false; n]);
@@ -182,21 +203,30 @@ fn split_table(index: &Path, frames: &[FrameResult], scorers: &[(&'static str, B
     let mut out = format!(
         "### {} ({n} frames)\n\nedge only mIoU {none:.4}; cloud on every frame {all:.4}\n\n\
          | selection | Spearman(hardness, edge error) | mIoU @10% | mIoU @20% | mIoU @30% |\n|---|---|---|---|---|\n",
-        index.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+        index
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
     );
     let row = |name: &str, rho: Option<f64>, hardness: &[f64]| {
         let cells: Vec<String> = RATIOS
             .iter()
             .map(|r| {
                 let k = (r * n as f64).round() as usize;
-                format!("{:.4}", collaborative_miou(frames, &select_hardest(hardness, k)))
+                format!(
+                    "{:.4}",
+                    collaborative_miou(frames, &select_hardest(hardness, k))
+                )
             })
             .collect();
         let rho = rho.map_or("-".to_string(), |r| format!("{r:.3}"));
         format!("| {name} | {rho} | {} |\n", cells.join(" | "))
     };
     for (i, (name, _)) in scorers.iter().enumerate() {
-        let hardness: Vec<f64> = frames.iter().map(|f| 1.0 - f64::from(f.scores[i])).collect();
+        let hardness: Vec<f64> = frames
+            .iter()
+            .map(|f| 1.0 - f64::from(f.scores[i]))
+            .collect();
         out.push_str(&row(name, Some(spearman(&hardness, &errors)), &hardness));
     }
     let random: Vec<String> = RATIOS
@@ -218,7 +248,10 @@ fn split_table(index: &Path, frames: &[FrameResult], scorers: &[(&'static str, B
             format!("{mean:.4}")
         })
         .collect();
-    out.push_str(&format!("| random (mean of {RANDOM_DRAWS}) | - | {} |\n", random.join(" | ")));
+    out.push_str(&format!(
+        "| random (mean of {RANDOM_DRAWS}) | - | {} |\n",
+        random.join(" | ")
+    ));
     out.push_str(&row("oracle (true edge error)", Some(1.0), &errors));
     out.push('\n');
     out
@@ -238,7 +271,10 @@ mod tests {
 
     #[test]
     fn the_hardest_frames_are_selected() {
-        assert_eq!(select_hardest(&[0.1, 0.9, 0.5, 0.7], 2), vec![false, true, false, true]);
+        assert_eq!(
+            select_hardest(&[0.1, 0.9, 0.5, 0.7], 2),
+            vec![false, true, false, true]
+        );
         assert_eq!(select_hardest(&[0.1, 0.9], 0), vec![false, false]);
     }
 }
