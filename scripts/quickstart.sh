@@ -38,9 +38,7 @@ echo "edge and cloud are ready: http://127.0.0.1:8080/docs  http://127.0.0.1:809
 
 segment() {
     curl -fsS -X POST -H 'content-type: image/png' --data-binary "@$1" \
-        "http://127.0.0.1:8080/v1/segment?collaborate=$2" |
-        python3 -c 'import json,sys; r=json.load(sys.stdin); m=r["miner"]; t=r["timings"]
-print(f"{sys.argv[1]:<22} source={r[\"source\"]:<13} score={m[\"score\"]:.3f} hard={m[\"hard\"]!s:<5} total={t[\"total_ms\"]:.0f} ms")' "$(basename "$1")"
+        "http://127.0.0.1:8080/v1/segment?collaborate=$2" | python3 scripts/summarise_segment.py "$(basename "$1")"
 }
 images() { head -n "$frames" "$camvid/index/$1" | awk -v root="$camvid" '{print root "/" $1}'; }
 echo "-- daylight frames (the miner decides)"
