@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::ValueEnum;
 use models::evaluation::median;
 use models::metrics::ConfusionMatrix;
-use models::paths::{camvid_dir, models_dir};
+use models::paths::{camvid_dir, edge_model_dir, models_dir};
 use models::sam::{GeneratorConfig, Guidance, PromptMode, SamModel};
 use models::{EdgeModel, SessionConfig};
 use sam_core::{ConfidentVoteParams, FusionRule, fuse, fuse_oracle};
@@ -37,7 +37,7 @@ pub struct Args {
     /// Use only the first N frames.
     #[arg(long)]
     frames: Option<usize>,
-    /// Edge model directory (default: `EDGE_MODEL_DIR`, else models/edge/current, else models/edge/base).
+    /// Edge model directory (default: `EDGE_MODEL_DIR`, else models/edge/current).
     #[arg(long)]
     edge_model: Option<PathBuf>,
     #[arg(long, default_value_os_t = models_dir().join("mobilesam"))]
@@ -107,21 +107,9 @@ fn mean_usize(values: &[usize]) -> f64 {
     mean(&values.iter().map(|&v| v as f64).collect::<Vec<_>>())
 }
 
-fn default_edge_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("EDGE_MODEL_DIR") {
-        return PathBuf::from(dir);
-    }
-    let current = models_dir().join("edge/current");
-    if current.join("manifest.json").is_file() {
-        current
-    } else {
-        models_dir().join("edge/base")
-    }
-}
-
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let load_before = cpu_load_note();
-    let edge_dir = args.edge_model.clone().unwrap_or_else(default_edge_dir);
+    let edge_dir = args.edge_model.clone().unwrap_or_else(edge_model_dir);
     let mut samples = models::dataset::read_index(&args.index, None)?;
     if let Some(n) = args.frames {
         samples.truncate(n);

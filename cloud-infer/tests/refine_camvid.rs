@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use models::paths::edge_model_dir;
 use std::sync::Arc;
 
 use cloud_infer::refiner::{FusionArg, PromptModeArg};
@@ -20,13 +20,6 @@ const FRAMES: usize = 2;
 /// The wire's score resolution (the edge sends 60x45).
 const SCORE_WIDTH: u32 = 60;
 const SCORE_HEIGHT: u32 = 45;
-/// The trained edge model the project ships (`EDGE_MODEL_DIR` overrides).
-fn edge_model_dir() -> PathBuf {
-    std::env::var_os("EDGE_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| models::paths::models_dir().join("edge/current"))
-}
-
 /// Average-pools CHW probabilities down to the wire resolution, as the edge does before sending.
 fn pool_scores(probabilities: &[f32], classes: usize, width: u32, height: u32) -> Vec<f32> {
     let (w, h) = (width as usize, height as usize);

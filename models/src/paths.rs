@@ -22,6 +22,13 @@ pub fn models_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("models"))
 }
 
+/// The edge model to use: `EDGE_MODEL_DIR`, else the shipped `models/edge/current`.
+pub fn edge_model_dir() -> PathBuf {
+    std::env::var_os("EDGE_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| models_dir().join("edge/current"))
+}
+
 /// The workspace root, found from this crate's location at build time so tests and tools work from any crate.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,18 +1,12 @@
 //! The project's own model files: manifests verify, tampering is refused, and the edge model segments real frames.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use models::dataset::read_index;
 use models::manifest::{LoadedManifest, ManifestError};
 use models::metrics::ConfusionMatrix;
-use models::paths::{camvid_or_skip, models_dir};
+use models::paths::{camvid_or_skip, edge_model_dir, models_dir};
 use models::{EdgeModel, SessionConfig};
-
-fn edge_dir() -> PathBuf {
-    std::env::var_os("EDGE_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| models_dir().join("edge/current"))
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -26,13 +20,13 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn shipped_manifests_verify() {
-    for dir in [edge_dir(), models_dir().join("mobilesam")] {
+    for dir in [edge_model_dir(), models_dir().join("mobilesam")] {
         let loaded = LoadedManifest::load_verified(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         assert!(!loaded.manifest.provenance.checkpoint_sha256.is_empty());
         assert!(!loaded.manifest.files.is_empty());
     }
-    let edge = LoadedManifest::load_unverified(&edge_dir())
+    let edge = LoadedManifest::load_unverified(&edge_model_dir())
         .unwrap()
         .manifest;
     assert_eq!(edge.classes.len(), 11);
@@ -42,7 +36,7 @@ fn shipped_manifests_verify() {
 #[test]
 fn a_model_file_that_does_not_match_its_checksum_is_refused() {
     let tmp = std::env::temp_dir().join(format!("tampered-{}", std::process::id()));
-    copy_dir(&edge_dir(), &tmp);
+    copy_dir(&edge_model_dir(), &tmp);
     let onnx = tmp.join("edge_model.onnx");
     let mut bytes = std::fs::read(&onnx).unwrap();
     let last = bytes.len() - 1;
@@ -60,7 +54,7 @@ fn edge_model_segments_real_daylight_frames_well() {
     let Some(camvid) = camvid_or_skip("edge_model_segments_real_daylight_frames_well") else {
         return;
     };
-    let model = EdgeModel::load(&edge_dir(), SessionConfig::default()).unwrap();
+    let model = EdgeModel::load(&edge_model_dir(), SessionConfig::default()).unwrap();
     let samples = read_index(&camvid.join("index/day-val.txt"), None).unwrap();
     let mut matrix = ConfusionMatrix::new(model.num_classes());
     for sample in samples.iter().step_by(25) {

@@ -1,25 +1,11 @@
 //! MobileSAM automatic mask generation on a real CamVid frame: the encoder and decoder through ONNX Runtime,
 //! sam-core's post-processing, and SSA-vote fusion with the edge model. Skips loudly without CamVid.
 
-use std::path::PathBuf;
-
 use models::metrics::ConfusionMatrix;
-use models::paths::{camvid_or_skip, models_dir};
+use models::paths::{camvid_or_skip, edge_model_dir, models_dir};
 use models::sam::{GeneratorConfig, Guidance, PromptMode, SamModel};
 use models::{EdgeModel, SessionConfig};
 use sam_core::{FusionRule, fuse};
-
-fn edge_model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("EDGE_MODEL_DIR") {
-        return PathBuf::from(dir);
-    }
-    let current = models_dir().join("edge/current");
-    if current.join("manifest.json").is_file() {
-        current
-    } else {
-        models_dir().join("edge/base")
-    }
-}
 
 fn miou(truth: &[u8], predicted: &[u8], classes: usize) -> f64 {
     let mut matrix = ConfusionMatrix::new(classes);

@@ -1,11 +1,11 @@
 //! The ONNX graph the edge runs and the TorchScript module the trainer trains must compute the same function,
 //! before and after a write-back of trained weights.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use models::dataset::read_index;
 use models::image_ops::to_input_tensor;
-use models::paths::{camvid_or_skip, models_dir};
+use models::paths::{camvid_or_skip, edge_model_dir};
 use models::{EdgeModel, SessionConfig};
 use tch::Tensor;
 use trainer::data::{Augmentation, Frame};
@@ -13,12 +13,6 @@ use trainer::export::{PublishInfo, publish};
 use trainer::{TrainConfig, Trainer};
 
 const TOLERANCE: f32 = 1e-3;
-
-fn model_dir() -> PathBuf {
-    std::env::var_os("EDGE_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| models_dir().join("edge/current"))
-}
 
 /// Largest |tch - ort| logit difference over the frames, relative to the largest logit magnitude (at least 1).
 fn max_difference(dir: &Path, frames: &[image::RgbImage]) -> f32 {
@@ -57,7 +51,7 @@ fn onnx_and_torchscript_agree_on_real_frames() {
         .iter()
         .map(|s| s.load_image().expect("frame"))
         .collect();
-    let diff = max_difference(&model_dir(), &images);
+    let diff = max_difference(&edge_model_dir(), &images);
     println!("max relative logit difference tch vs ort: {diff:e}");
     assert!(diff < TOLERANCE, "tch and ONNX Runtime disagree by {diff}");
 }
@@ -95,7 +89,7 @@ fn weights_written_back_after_training_match_torchscript() {
         validate_every: 1,
         checkpoint_dir: work.join("checkpoints"),
     };
-    let mut trainer = Trainer::load(&model_dir()).expect("trainer loads");
+    let mut trainer = Trainer::load(&edge_model_dir()).expect("trainer loads");
     let before = trainer.flat_parameters();
     trainer
         .fit(&frames, &[], &config, |_, _, _| {})

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use models::dataset::{Sample, read_index, write_index};
 use models::image_ops::encode_label_png;
 use models::manifest::LoadedManifest;
-use models::paths::{camvid_or_skip, models_dir};
+use models::paths::{camvid_or_skip, edge_model_dir};
 use models::replay_export::{INDEX_FILE, INDEX_HEADER, cloud_label_path, image_path, index_line};
 use models::{EdgeModel, SessionConfig};
 use sha2::{Digest, Sha256};
@@ -17,13 +17,6 @@ use trainer::data::Augmentation;
 use trainer::gate::{GatePolicy, Refusal};
 use trainer::registry::Registry;
 use trainer::retrain::{DECISION_FILE, RetrainConfig, RetrainReport, retrain};
-
-/// `EDGE_MODEL_DIR`, else the day-trained `models/edge/current`.
-fn seed_model() -> PathBuf {
-    std::env::var_os("EDGE_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| models_dir().join("edge/current"))
-}
 
 /// Stands in for MobileSAM's refinement: the annotation coarsened to 8x8 blocks (mask-like boundaries), with the
 /// block seams ignored where the classes disagree. The job only ever sees it through the export, as a cloud label.
@@ -82,7 +75,7 @@ fn tiny_config(camvid: &Path, work: &Path) -> RetrainConfig {
     export_buffer(&stream[..4], &export);
     RetrainConfig {
         registry: work.join("registry"),
-        seed_model: seed_model(),
+        seed_model: edge_model_dir(),
         snapshot: export,
         max_buffer_frames: 4,
         holdout_fraction: 0.25,

@@ -11,16 +11,9 @@ use tokio::sync::oneshot;
 
 /// The model to serve: `EDGE_MODEL_DIR`, else the shipped `models/edge/current`.
 pub fn model_dir_or_skip(test: &str) -> Option<PathBuf> {
-    let candidates = std::env::var_os("EDGE_MODEL_DIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(std::iter::once(
-            models::paths::models_dir().join("edge/current"),
-        ));
-    for dir in candidates {
-        if dir.join("manifest.json").is_file() {
-            return Some(dir);
-        }
+    let dir = models::paths::edge_model_dir();
+    if dir.join("manifest.json").is_file() {
+        return Some(dir);
     }
     eprintln!(
         "SKIPPED {test}: no edge model (set EDGE_MODEL_DIR or put one in models/edge/current)"
