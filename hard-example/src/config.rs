@@ -230,20 +230,36 @@ fn tagged(name: &str, parameters: Value) -> Result<Value, ConfigError> {
     Ok(Value::Object(object))
 }
 
+/// Accepts an object, or the list Sedna's controller actually puts in `HEM_PARAMETERS` (its `parameters` field
+/// marshalled as is: `[{"key": "threshold_img", "value": "0.9"}]`, `null` when empty), as Sedna's own library does.
 fn parse_hem_parameters(text: &str) -> Result<Map<String, Value>, ConfigError> {
     if text.trim().is_empty() {
         return Ok(Map::new());
     }
-    match serde_json::from_str(text)? {
-        Value::Object(object) => object
+    let object = match serde_json::from_str(text)? {
+        Value::Null => Map::new(),
+        Value::Object(object) => object,
+        Value::Array(items) => items
             .into_iter()
-            .map(|(key, value)| {
-                let number = numeric(&key, value)?;
-                Ok((key, number))
+            .map(|item| match item {
+                Value::Object(mut pair) => match (pair.remove("key"), pair.remove("value")) {
+                    (Some(Value::String(key)), Some(value)) => Ok((key, value)),
+                    (key, value) => Err(ConfigError::ParametersNotObject(
+                        serde_json::json!({ "key": key, "value": value }),
+                    )),
+                },
+                other => Err(ConfigError::ParametersNotObject(other)),
             })
-            .collect(),
-        other => Err(ConfigError::ParametersNotObject(other)),
-    }
+            .collect::<Result<_, _>>()?,
+        other => return Err(ConfigError::ParametersNotObject(other)),
+    };
+    object
+        .into_iter()
+        .map(|(key, value)| {
+            let number = numeric(&key, value)?;
+            Ok((key, number))
+        })
+        .collect()
 }
 
 /// Numbers stay, numeric strings become numbers, arrays are converted element-wise.
@@ -484,6 +500,40 @@ mod tests {
                 threshold: Some(0.6)
             })
         );
+    }
+
+    /// What Sedna's controller really injects: the `parameters` list marshalled as is, `null` when absent.
+    #[test]
+    fn sedna_controller_list_form() {
+        let config = MinerConfig::from_sedna(
+            "IBT",
+            r#"[{"key": "threshold_img", "value": "0.9"}, {"key": "threshold_box", "value": "0.85"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.scorer,
+            ScorerConfig::IanvsConfidence {
+                pixel_threshold: 0.85
+            }
+        );
+        assert_eq!(
+            config.policy,
+            Some(PolicyConfig::Threshold {
+                threshold: Some(0.9)
+            })
+        );
+        for empty in ["null", "[]"] {
+            assert_eq!(
+                MinerConfig::from_sedna("CrossEntropy", empty)
+                    .unwrap()
+                    .policy,
+                Some(PolicyConfig::Threshold { threshold: None })
+            );
+        }
+        assert!(matches!(
+            MinerConfig::from_sedna("CrossEntropy", r#"[{"name": "threshold_cross_entropy"}]"#),
+            Err(ConfigError::ParametersNotObject(_))
+        ));
     }
 
     #[test]
