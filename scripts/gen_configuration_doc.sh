@@ -13,7 +13,7 @@ out=docs/configuration.md
 section() { # title, binary, args...
     local title=$1; shift
     printf '\n### `%s`\n\n```text\n' "$title"
-    "$bin/$@" --help | sed -e 's/[[:space:]]*$//'
+    "$bin/$@" --help | sed -e 's/[[:space:]]*$//' -e "s|$PWD/|<workspace>/|g"
     printf '```\n'
 }
 
@@ -62,5 +62,6 @@ section "trainer retrain run" trainer retrain run
 section "trainer retrain watch" trainer retrain watch
 section "trainer retrain rollback" trainer retrain rollback
 section "trainer retrain status" trainer retrain status
+printf '\n`<workspace>` is the workspace the binary was built from (its compiled-in default; the container images set the\nvariables instead).\n'
 } > "$out"
 echo "wrote $out"
