@@ -1,53 +1,146 @@
-//! The label map the cloud would return for a frame (MobileSAM guided prompting + confident-vote fusion, the
-//! cloud-infer defaults), computed in-process and cached as PNGs so benchmark reruns skip the SAM work.
+//! The label map the cloud would return for a frame (MobileSAM + a fusion rule, by default the cloud-infer
+//! defaults: guided prompting and confident-vote), computed in-process and cached as PNGs with a JSON note of
+//! what it cost, so benchmark reruns skip the SAM work but still report the refinement time.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
 use image::RgbImage;
 use models::SessionConfig;
 use models::dataset::Sample;
 use models::edge::EdgeOutput;
 use models::image_ops::{decode_label_png, encode_label_png};
-use models::manifest::Manifest;
 use models::paths::models_dir;
-use models::sam::{GeneratorConfig, Guidance, SamModel};
+use models::sam::{GeneratorConfig, Guidance, PromptMode, SamModel};
 use sam_core::{ConfidentVoteParams, FusionRule, fuse};
+use serde::{Deserialize, Serialize};
 
 #[derive(Args, Debug)]
 pub struct CloudArgs {
     #[arg(long, default_value_os_t = models_dir().join("mobilesam"))]
     sam_model: PathBuf,
-    /// Cached cloud label maps live under `<cache>/<edge model version>/`.
+    /// Cached cloud label maps live under `<cache>/<edge model>-<settings>/`.
     #[arg(long, default_value = "runs/cache/cloud-labels")]
     cache: PathBuf,
+}
+
+/// How the cloud spends its prompts and fuses masks with the edge scores (cloud-infer's `--prompt-mode`,
+/// `--max-prompts`, `--points-per-side` and `--fusion`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefinementSettings {
+    pub prompting: String,
+    pub max_prompts: usize,
+    pub points_per_side: usize,
+    pub fusion: String,
+}
+
+impl Default for RefinementSettings {
+    fn default() -> Self {
+        Self {
+            prompting: "guided".into(),
+            max_prompts: 48,
+            points_per_side: 32,
+            fusion: "confident-vote".into(),
+        }
+    }
+}
+
+impl RefinementSettings {
+    fn generator(&self) -> Result<GeneratorConfig> {
+        let batch_size = 16;
+        let prompting = match self.prompting.as_str() {
+            "grid" => PromptMode::Grid,
+            "adaptive" => PromptMode::Adaptive {
+                max_prompts: self.max_prompts,
+                batch_size,
+            },
+            "guided" => PromptMode::Guided {
+                max_prompts: self.max_prompts,
+                batch_size,
+                min_uncertainty: 0.1,
+            },
+            other => bail!("prompt mode `{other}` is unknown (grid, adaptive or guided)"),
+        };
+        Ok(GeneratorConfig {
+            points_per_side: self.points_per_side,
+            prompting,
+            ..GeneratorConfig::default()
+        })
+    }
+
+    fn fusion_rule(&self) -> Result<FusionRule> {
+        Ok(match self.fusion.as_str() {
+            "ssa-vote" => FusionRule::SsaVote,
+            "logit-sum" => FusionRule::LogitSum,
+            "confident-vote" => FusionRule::ConfidentVote(ConfidentVoteParams::default()),
+            other => {
+                bail!("fusion rule `{other}` is unknown (ssa-vote, logit-sum or confident-vote)")
+            }
+        })
+    }
+
+    fn cache_key(&self) -> String {
+        match self.prompting.as_str() {
+            "grid" => format!("grid{}-{}", self.points_per_side, self.fusion),
+            mode => format!(
+                "{mode}{}x{}-{}",
+                self.max_prompts, self.points_per_side, self.fusion
+            ),
+        }
+    }
+}
+
+/// What a refinement produced and cost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefineCost {
+    /// Encoder, prompts and fusion, in milliseconds, as measured when the labels were computed.
+    pub refine_ms: f64,
+    pub masks: usize,
 }
 
 pub struct CloudLabeller {
     sam: SamModel,
     cache: PathBuf,
+    settings: RefinementSettings,
     config: GeneratorConfig,
     rule: FusionRule,
 }
 
 impl CloudLabeller {
-    pub fn new(args: &CloudArgs, edge: &Manifest) -> Result<Self> {
-        let cache = args
-            .cache
-            .join(format!("{}-{}-guided-confident", edge.name, edge.version));
+    /// The cloud-infer defaults, for `edge` model `name`/`version`.
+    pub fn new(args: &CloudArgs, name: &str, version: &str) -> Result<Self> {
+        Self::with_settings(
+            &args.sam_model,
+            &args.cache,
+            &format!("{name}-{version}"),
+            RefinementSettings::default(),
+        )
+    }
+
+    pub fn with_settings(
+        sam_model: &std::path::Path,
+        cache_root: &std::path::Path,
+        edge_key: &str,
+        settings: RefinementSettings,
+    ) -> Result<Self> {
+        let cache = cache_root.join(format!("{edge_key}-{}", settings.cache_key()));
         std::fs::create_dir_all(&cache)?;
         Ok(Self {
-            sam: SamModel::load(&args.sam_model, SessionConfig::default())?,
+            sam: SamModel::load(sam_model, SessionConfig::default())?,
             cache,
-            config: GeneratorConfig::guided_refinement(),
-            rule: FusionRule::ConfidentVote(ConfidentVoteParams::default()),
+            config: settings.generator()?,
+            rule: settings.fusion_rule()?,
+            settings,
         })
     }
 
     pub fn describe(&self) -> String {
         format!(
-            "MobileSAM guided (48 prompts) + confident-vote, cached in {}",
+            "MobileSAM {} + {}, cached in {}",
+            self.settings.cache_key(),
+            self.rule.name(),
             self.cache.display()
         )
     }
@@ -59,14 +152,29 @@ impl CloudLabeller {
         image: &RgbImage,
         edge: &EdgeOutput,
     ) -> Result<Vec<u8>> {
+        Ok(self.refine(sample, image, edge)?.0)
+    }
+
+    /// Like [`Self::labels`], with what computing them cost.
+    pub fn refine(
+        &mut self,
+        sample: &Sample,
+        image: &RgbImage,
+        edge: &EdgeOutput,
+    ) -> Result<(Vec<u8>, RefineCost)> {
         let path = self.cache.join(format!("{}.png", sample.name()));
+        let cost_path = path.with_extension("json");
         let (width, height) = image.dimensions();
-        if let Ok(bytes) = std::fs::read(&path) {
+        if let (Ok(bytes), Ok(cost)) = (std::fs::read(&path), std::fs::read(&cost_path)) {
             let cached = decode_label_png(&bytes)?;
-            if cached.dimensions() == (width, height) {
-                return Ok(cached.into_raw());
+            if let (true, Ok(cost)) = (
+                cached.dimensions() == (width, height),
+                serde_json::from_slice::<RefineCost>(&cost),
+            ) {
+                return Ok((cached.into_raw(), cost));
             }
         }
+        let start = Instant::now();
         let scores = Guidance {
             probabilities: edge.probabilities.clone(),
             classes: edge.classes,
@@ -76,9 +184,18 @@ impl CloudLabeller {
         .resized_nearest(width, height);
         let generated = self.sam.generate(image, &self.config, Some(&scores))?;
         let labels = fuse(&self.rule, &generated.masks, &scores);
-        let tmp = path.with_extension("png.tmp");
-        std::fs::write(&tmp, encode_label_png(&labels, width, height)?)?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(labels)
+        let cost = RefineCost {
+            refine_ms: start.elapsed().as_secs_f64() * 1e3,
+            masks: generated.masks.len(),
+        };
+        for (target, bytes) in [
+            (&path, encode_label_png(&labels, width, height)?),
+            (&cost_path, serde_json::to_vec(&cost)?),
+        ] {
+            let tmp = target.with_extension("tmp");
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, target)?;
+        }
+        Ok((labels, cost))
     }
 }

@@ -6,6 +6,7 @@ mod cloud_labels;
 mod edge_overhead;
 mod miners;
 mod report;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// An Ianvs-style benchmarking job: paradigms x algorithms x hyperparameter sweeps, rank CSVs, plots.
+    Run(run::Args),
     /// MobileSAM automatic mask generation: prompting modes x fusion rules, time and mIoU.
     Amg(amg::Args),
     /// Hard-example scorers: rank correlation with edge error, collaborative mIoU at 10/20/30% upload.
@@ -28,6 +31,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Run(args) => run::run(&args),
         Command::Amg(args) => amg::run(&args),
         Command::Miners(args) => miners::run(args),
         Command::EdgeOverhead(args) => edge_overhead::run(&args),

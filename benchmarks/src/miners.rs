@@ -62,7 +62,11 @@ fn scorers() -> Vec<(&'static str, Box<dyn Scorer>)> {
 pub fn run(args: MinersArgs) -> Result<()> {
     let model = EdgeModel::load(&args.model, SessionConfig::default())
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let mut labeller = CloudLabeller::new(&args.cloud, model.manifest())?;
+    let mut labeller = CloudLabeller::new(
+        &args.cloud,
+        &model.manifest().name,
+        &model.manifest().version,
+    )?;
     let scorers = scorers();
     let mut out = format!(
         "Command: `benchmarks miners --max-frames {} {}`; edge model {} {}; cloud labels: {}; {}.\n\n",

@@ -15,10 +15,6 @@ use crate::error::ApiError;
 use crate::metrics;
 use crate::registry::{LoadedModel, ModelRegistry};
 
-/// Resolution of the scores uploaded to the cloud, as the wire contract suggests (about 30 KB for 11 classes).
-pub const UPLOAD_SCORES_WIDTH: u32 = 60;
-pub const UPLOAD_SCORES_HEIGHT: u32 = 45;
-
 /// Weight of the class colour in overlays.
 const OVERLAY_ALPHA: f32 = 0.5;
 
@@ -137,14 +133,14 @@ pub fn process(
     let upload = (wants_cloud && job.cloud_available).then(|| {
         let shape = QuantisedScores {
             classes: output.classes as u32,
-            height: UPLOAD_SCORES_HEIGHT,
-            width: UPLOAD_SCORES_WIDTH,
+            height: wire::UPLOAD_SCORES_HEIGHT,
+            width: wire::UPLOAD_SCORES_WIDTH,
         };
         let pooled = downsample_scores(
             &output.probabilities,
             dims,
-            UPLOAD_SCORES_HEIGHT,
-            UPLOAD_SCORES_WIDTH,
+            wire::UPLOAD_SCORES_HEIGHT,
+            wire::UPLOAD_SCORES_WIDTH,
         );
         Upload {
             scores: wire::quantise(&pooled),

@@ -11,6 +11,7 @@ pub mod progress;
 pub mod registry;
 pub mod rehearsal;
 pub mod retrain;
+pub mod retrain_cli;
 pub mod snapshot;
 pub mod train;
 pub mod trigger;

@@ -13,8 +13,7 @@ use trainer::data::{Augmentation, load_frames};
 use trainer::export::{PublishInfo, publish};
 use trainer::{TrainConfig, Trainer};
 
-mod retrain_cli;
-use retrain_cli::RetrainAction;
+use trainer::retrain_cli::{self, RetrainAction};
 
 #[derive(Parser)]
 #[command(version, about)]

@@ -3,15 +3,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::TrainConfig;
+use crate::data::Augmentation;
+use crate::gate::GatePolicy;
+use crate::registry::Registry;
+use crate::retrain::{RetrainConfig, RetrainReport, retrain};
+use crate::snapshot::{Snapshot, SnapshotError};
+use crate::trigger::{TimeWindow, TriggerCheck, TriggerPolicy, WatchState, check};
 use anyhow::{Result, bail};
-use clap::{Args, Subcommand};
-use trainer::TrainConfig;
-use trainer::data::Augmentation;
-use trainer::gate::GatePolicy;
-use trainer::registry::Registry;
-use trainer::retrain::{RetrainConfig, RetrainReport, retrain};
-use trainer::snapshot::{Snapshot, SnapshotError};
-use trainer::trigger::{TimeWindow, TriggerCheck, TriggerPolicy, WatchState, check};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Subcommand)]
 pub enum RetrainAction {
@@ -165,7 +165,29 @@ pub fn run(action: RetrainAction) -> Result<()> {
     }
 }
 
-fn config(args: &RetrainArgs) -> RetrainConfig {
+impl RetrainArgs {
+    /// Parses `retrain run` flags given as `(flag, value)` pairs (flag without the leading `--`), e.g. from a
+    /// benchmark job's hyperparameters, with the same defaults and checks as the command line.
+    pub fn from_flags<'a>(flags: impl IntoIterator<Item = (&'a str, String)>) -> Result<Self> {
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            args: RetrainArgs,
+        }
+        let argv = std::iter::once("retrain".to_string()).chain(
+            flags
+                .into_iter()
+                .flat_map(|(flag, value)| [format!("--{flag}"), value]),
+        );
+        Ok(Flags::try_parse_from(argv)?.args)
+    }
+
+    pub fn threads(&self) -> i32 {
+        self.threads
+    }
+}
+
+pub fn config(args: &RetrainArgs) -> RetrainConfig {
     RetrainConfig {
         registry: args.registry.registry.clone(),
         seed_model: args.seed_model.clone(),
@@ -266,10 +288,7 @@ fn print_report(report: &RetrainReport) {
     }
     println!(
         "decision: {}",
-        report
-            .run_dir
-            .join(trainer::retrain::DECISION_FILE)
-            .display()
+        report.run_dir.join(crate::retrain::DECISION_FILE).display()
     );
 }
 

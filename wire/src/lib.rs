@@ -25,6 +25,11 @@ pub struct ModelRef {
     pub version: String,
 }
 
+/// Resolution at which the edge uploads its class scores (box-averaged, one byte per class and cell): about
+/// 30 KB for 11 classes.
+pub const UPLOAD_SCORES_WIDTH: u32 = 60;
+pub const UPLOAD_SCORES_HEIGHT: u32 = 45;
+
 /// Shape of the quantised edge scores part.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,338 @@
+//! The lifelong paradigm (Ianvs lifelong learning, but label-free): the edge model meets each later task's
+//! stream through the collaborative pipeline (edge -> miner -> cloud refinement); the frames it uploads, with the
+//! CLOUD's labels, become a replay-buffer export; a retraining round (`trainer::retrain`: fine-tuning with
+//! class-balanced rehearsal from the original training set and the evaluation gate) may publish a new version
+//! into the run's own model registry; then the model the edge would serve is scored on every task.
+//!
+//! Rows of the accuracy matrix: the model before any round, then after each round. Columns: the tasks' labelled
+//! validation splits. With `A[r][j]` the mIoU on task `j` after round `r` (task `j` is learned in round `j`;
+//! task 0 by the initial training):
+//! - BWT = mean over tasks learned before the last round of `A[last][j] - A[j][j]` (forgetting; Ianvs's BWT is
+//!   this for a single drift),
+//! - FWT = mean over the later tasks of `A[j][j] - A[0][j]` (Ianvs's FWT: what learning a task gained on it),
+//! - task_avg_acc = mean of the last row.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use hard_example::Dims;
+use models::dataset::Sample;
+use models::evaluation::evaluate_edge;
+use models::image_ops::encode_label_png;
+use models::paths::edge_model_dir;
+use models::replay_export::{INDEX_FILE, INDEX_HEADER};
+use models::{EdgeModel, SessionConfig};
+use serde::Serialize;
+use trainer::registry::Registry;
+use trainer::retrain::retrain;
+use trainer::retrain_cli::{RetrainArgs, config as retrain_config};
+
+use super::execute::{build_miner, cloud_labeller};
+use super::job::{Job, ModuleType, RunSpec, TaskSpec, value_text};
+use super::segmenter::EDGE_SEGMENTER;
+use super::{Args, RunResult, module_names, test_frames};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccuracyMatrix {
+    pub tasks: Vec<String>,
+    /// Row labels: `initial`, then `round r (<task>)`.
+    pub rows: Vec<String>,
+    /// `miou[row][task]`.
+    pub miou: Vec<Vec<f64>>,
+}
+
+impl AccuracyMatrix {
+    pub fn bwt(&self) -> f64 {
+        let last = self.miou.len() - 1;
+        let earlier: Vec<f64> = (0..last.min(self.tasks.len()))
+            .map(|j| self.miou[last][j] - self.miou[j][j])
+            .collect();
+        mean(&earlier)
+    }
+
+    pub fn fwt(&self) -> f64 {
+        let later: Vec<f64> = (1..self.miou.len().min(self.tasks.len()))
+            .map(|j| self.miou[j][j] - self.miou[0][j])
+            .collect();
+        mean(&later)
+    }
+
+    pub fn task_avg_acc(&self) -> f64 {
+        mean(self.miou.last().expect("at least the initial row"))
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "| after | {} |\n|---|{}\n",
+            self.tasks.join(" | "),
+            "---|".repeat(self.tasks.len())
+        );
+        for (label, row) in self.rows.iter().zip(&self.miou) {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:.4}")).collect();
+            let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
+        }
+        out
+    }
+}
+
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
+pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Result<RunResult> {
+    let tasks = &job
+        .testenv
+        .lifelong
+        .as_ref()
+        .context("testenv.lifelong is missing")?
+        .tasks;
+    if tasks.len() < 2 || tasks.iter().skip(1).any(|t| t.stream_index.is_none()) {
+        bail!(
+            "lifelong tasks: the first is the trained one, every later task needs a stream_index"
+        );
+    }
+    let seed_model = match spec.module(ModuleType::Basemodel) {
+        Some(m) if m.name != EDGE_SEGMENTER => {
+            bail!(
+                "lifelong runs retrain the `{EDGE_SEGMENTER}` basemodel, not `{}`",
+                m.name
+            )
+        }
+        Some(m) => m.url.clone().unwrap_or_else(edge_model_dir),
+        None => edge_model_dir(),
+    };
+    let registry_dir = dir.join("registry");
+    let registry = Registry::open(&registry_dir)?;
+    registry.adopt_if_empty(&seed_model)?;
+    let session = SessionConfig {
+        intra_threads: args.threads,
+        ..SessionConfig::default()
+    };
+    let evaluate_all = |model_dir: &Path| -> Result<Vec<f64>> {
+        let model = EdgeModel::load(model_dir, session)?;
+        tasks
+            .iter()
+            .map(|task| {
+                let frames = test_frames(&task.eval_index, task.max_eval_frames)?;
+                Ok(evaluate_edge(&model, &frames, |_| {})?.0.miou)
+            })
+            .collect()
+    };
+    let mut matrix = AccuracyMatrix {
+        tasks: tasks.iter().map(|t| t.name.clone()).collect(),
+        rows: vec!["initial".into()],
+        miou: vec![evaluate_all(&registry.current_link())?],
+    };
+    let (mut streamed, mut uploaded) = (0usize, 0usize);
+    let mut notes = String::new();
+    for (round, task) in tasks.iter().enumerate().skip(1) {
+        let export = dir.join(format!("round-{round}-{}", task.name));
+        let live = std::fs::canonicalize(registry.current_link())?;
+        let (seen, sent) = stream_task(spec, task, &live, &export, args)?;
+        streamed += seen;
+        uploaded += sent;
+        let mut flags = vec![
+            ("registry", path_text(&registry_dir)),
+            ("seed-model", path_text(&seed_model)),
+            ("buffer-export", path_text(&export)),
+            ("runs-dir", path_text(&dir.join("retrain"))),
+            ("old-task-index", path_text(&tasks[0].eval_index)),
+            ("new-task-labelled-index", path_text(&task.eval_index)),
+        ];
+        if let Some(train_index) = &job.testenv.dataset.train_index {
+            flags.push(("rehearsal-index", path_text(train_index)));
+        }
+        // Every lifelong_training hyperparameter is a `trainer retrain run` flag (`learning_rate` ->
+        // `--learning-rate`), with the same defaults and checks.
+        let training = spec.module(ModuleType::LifelongTraining);
+        let named: Vec<(String, String)> = training
+            .map(|m| {
+                m.params
+                    .iter()
+                    .map(|(k, v)| (k.replace('_', "-"), value_text(v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        flags.extend(named.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        let retrain_args = RetrainArgs::from_flags(flags)
+            .context("lifelong_training hyperparameters (they are `trainer retrain run` flags)")?;
+        tch::set_num_threads(retrain_args.threads());
+        let config = retrain_config(&retrain_args);
+        let report = retrain(&config, |epoch, loss| {
+            eprintln!("  round {round} epoch {epoch}: loss {loss:.4}")
+        })?;
+        let _ = writeln!(
+            notes,
+            "round {round} ({}): {sent}/{seen} frames uploaded; candidate {} {}; gate: parent {:?}, candidate {:?}, refusals {:?}",
+            task.name,
+            report.candidate_version,
+            if report.decision.publish {
+                "published"
+            } else {
+                "refused"
+            },
+            report.decision.parent,
+            report.decision.candidate,
+            report.decision.refusals
+        );
+        matrix.rows.push(format!("round {round} ({})", task.name));
+        matrix.miou.push(evaluate_all(&registry.current_link())?);
+    }
+    std::fs::write(
+        dir.join("lifelong.md"),
+        format!("{}\n{notes}", matrix.markdown()),
+    )?;
+    let last_task = tasks.len() - 1;
+    let metrics = BTreeMap::from([
+        (
+            "miou".to_string(),
+            matrix.miou[matrix.miou.len() - 1][last_task],
+        ),
+        ("initial_miou".to_string(), matrix.miou[0][last_task]),
+        (
+            "old_task_miou".to_string(),
+            matrix.miou[matrix.miou.len() - 1][0],
+        ),
+        ("task_avg_acc".to_string(), matrix.task_avg_acc()),
+        ("bwt".to_string(), matrix.bwt()),
+        ("fwt".to_string(), matrix.fwt()),
+        (
+            "samples_transfer_ratio".to_string(),
+            uploaded as f64 / streamed.max(1) as f64,
+        ),
+    ]);
+    let final_model = EdgeModel::load(&registry.current_link(), session)?;
+    let classes = final_model.manifest().classes.clone();
+    let frames = test_frames(
+        &tasks[last_task].eval_index,
+        tasks[last_task].max_eval_frames,
+    )?;
+    let per_class_iou = evaluate_edge(&final_model, &frames, |_| {})?
+        .0
+        .per_class_iou;
+    let mut hyperparameters = spec.hyperparameters();
+    hyperparameters.insert(
+        "basemodel-version".into(),
+        final_model.manifest().version.clone(),
+    );
+    Ok(RunResult {
+        id: id.to_string(),
+        algorithm: spec.algorithm.clone(),
+        paradigm: spec.paradigm,
+        modules: module_names(spec),
+        hyperparameters,
+        metrics,
+        class_names: classes.iter().map(|c| c.name.clone()).collect(),
+        palette: classes.iter().map(|c| c.color).collect(),
+        per_class_iou,
+        lifelong: Some(matrix),
+        finished: chrono::Utc::now().to_rfc3339(),
+        dir: dir.to_path_buf(),
+        overlays: Vec::new(),
+    })
+}
+
+/// Streams `task`'s frames through the live model, the miner (every frame when the algorithm has none) and the
+/// cloud refinement, writing the uploaded frames with their cloud labels as an export. Returns (seen, uploaded).
+fn stream_task(
+    spec: &RunSpec,
+    task: &TaskSpec,
+    live: &Path,
+    export: &Path,
+    args: &Args,
+) -> Result<(usize, usize)> {
+    let model = EdgeModel::load(live, SessionConfig::default())?;
+    let mut miner = spec
+        .module(ModuleType::HardExampleMining)
+        .map(|_| build_miner(spec))
+        .transpose()?;
+    let mut labeller = cloud_labeller(
+        spec,
+        &args.cache,
+        &format!("{}-{}", model.manifest().name, model.manifest().version),
+    )?;
+    let stream: Vec<Sample> = test_frames(
+        task.stream_index.as_ref().expect("checked"),
+        task.max_stream_frames,
+    )?;
+    std::fs::create_dir_all(export.join("images"))?;
+    std::fs::create_dir_all(export.join("labels"))?;
+    let mut index = format!("{INDEX_HEADER}\n");
+    let mut uploaded = 0;
+    let progress = trainer::progress::bar(stream.len() as u64, &task.name);
+    for (i, sample) in stream.iter().enumerate() {
+        let image = sample.load_image()?;
+        let edge = model.segment(&image)?;
+        let upload = match &mut miner {
+            Some(miner) => {
+                let dims = Dims::new(
+                    edge.classes,
+                    edge.score_height as usize,
+                    edge.score_width as usize,
+                );
+                miner
+                    .decide(&edge.probabilities, dims, i as u64 * 100)?
+                    .hard
+            }
+            None => true,
+        };
+        if upload {
+            let labels = labeller.labels(sample, &image, &edge)?;
+            let name = sample.name();
+            let extension = sample
+                .image
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("png");
+            std::fs::copy(
+                &sample.image,
+                export.join(format!("images/{name}.{extension}")),
+            )?;
+            std::fs::write(
+                export.join(format!("labels/{name}.png")),
+                encode_label_png(&labels, edge.width, edge.height)?,
+            )?;
+            let _ = writeln!(index, "images/{name}.{extension} labels/{name}.png");
+            uploaded += 1;
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    if uploaded < 2 {
+        bail!(
+            "only {uploaded} of {} {} frames were uploaded; retraining needs at least 2",
+            stream.len(),
+            task.name
+        );
+    }
+    std::fs::write(export.join(INDEX_FILE), index)?;
+    Ok((stream.len(), uploaded))
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfer_figures_follow_the_definitions() {
+        let matrix = AccuracyMatrix {
+            tasks: vec!["day".into(), "dusk".into()],
+            rows: vec!["initial".into(), "round 1".into()],
+            miou: vec![vec![0.67, 0.38], vec![0.66, 0.45]],
+        };
+        assert!((matrix.bwt() - -0.01).abs() < 1e-12);
+        assert!((matrix.fwt() - 0.07).abs() < 1e-12);
+        assert!((matrix.task_avg_acc() - 0.555).abs() < 1e-12);
+        assert!(matrix.markdown().contains("| round 1 | 0.6600 | 0.4500 |"));
+    }
+}

@@ -1,0 +1,267 @@
+//! `benchmarks run -f job.yaml` end to end on real CamVid frames with the real edge model and MobileSAM: every
+//! paradigm runs, the rank files, leaderboard and plots come out, and a second run never overwrites the first.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use models::paths::camvid_or_skip;
+
+fn run_job(job: &Path, cache: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_benchmarks"))
+        .args(["run", "-f"])
+        .arg(job)
+        .arg("--cache")
+        .arg(cache)
+        .output()
+        .expect("benchmarks binary starts");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "benchmarks run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The job's run folders, oldest first.
+fn run_dirs(workspace: &Path, job: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(workspace.join(job))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn rank_rows(path: &Path) -> Vec<csv::StringRecord> {
+    csv::Reader::from_path(path)
+        .unwrap()
+        .records()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn a_job_ranks_every_paradigm_and_never_overwrites_a_run() {
+    let Some(camvid) = camvid_or_skip("a_job_ranks_every_paradigm_and_never_overwrites_a_run")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = dir.path().join("out");
+    let index = camvid.join("index/dusk-eval.txt");
+    let job = dir.path().join("job.yaml");
+    std::fs::write(
+        &job,
+        format!(
+            "benchmarkingjob:
+  name: smoke
+  workspace: {workspace}
+  testenv:
+    dataset:
+      test_index: {index}
+      max_frames: 3
+    overlays: 2
+  test_object:
+    type: algorithms
+    algorithms:
+      - name: edge-only
+        paradigm_type: edge-only
+        modules: [{{type: basemodel, name: edge-segmenter}}]
+      - name: collab
+        paradigm_type: collaborative
+        modules:
+          - {{type: basemodel, name: edge-segmenter}}
+          - type: hard_example_mining
+            name: margin
+            hyperparameters:
+              - threshold: {{values: [0.0, 1.0]}}
+          - type: cloud_refinement
+            name: mobilesam
+            hyperparameters:
+              - max_prompts: {{values: [8]}}
+  rank:
+    sort_by: [{{samples_transfer_ratio: ascend}}]
+    selected_dataitem:
+      paradigms: [collaborative]
+      modules: [all]
+      hyperparameters: [threshold]
+      metrics: [miou, samples_transfer_ratio]
+",
+            workspace = workspace.display(),
+            index = index.display()
+        ),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let leaderboard = run_job(&job, &cache);
+    assert!(
+        leaderboard.contains("| rank | algorithm | paradigm | miou | samples_transfer_ratio |")
+    );
+
+    let runs = run_dirs(&workspace, "smoke");
+    assert_eq!(runs.len(), 1);
+    let out = &runs[0];
+    let all = rank_rows(&out.join("all_rank.csv"));
+    assert_eq!(all.len(), 3, "edge-only plus two thresholds");
+    let header = csv::Reader::from_path(out.join("all_rank.csv"))
+        .unwrap()
+        .headers()
+        .unwrap()
+        .clone();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let ratio = |row: &csv::StringRecord| {
+        row[column("samples_transfer_ratio")]
+            .parse::<f64>()
+            .unwrap()
+    };
+    // Sorted ascending by upload ratio: a margin score is never below 0 (nothing uploaded) and always below 1.
+    assert_eq!(ratio(&all[0]), 0.0);
+    assert_eq!(ratio(&all[2]), 1.0);
+    assert_eq!(&all[2][column("algorithm")], "collab");
+    let miou = |row: &csv::StringRecord| row[column("miou")].parse::<f64>().unwrap();
+    assert!(all.iter().all(|r| (0.0..=1.0).contains(&miou(r))));
+    assert!(
+        miou(&all[2]) != miou(&all[0]),
+        "refining every frame changes the labels"
+    );
+    assert_eq!(
+        &all[2][column("hard_example_mining-threshold")],
+        "1.0",
+        "hyperparameters get their own columns"
+    );
+
+    let selected_header: Vec<String> = csv::Reader::from_path(out.join("selected_rank.csv"))
+        .unwrap()
+        .headers()
+        .unwrap()
+        .iter()
+        .map(String::from)
+        .collect();
+    assert!(selected_header.contains(&"hard_example_mining-threshold".to_string()));
+    assert!(!selected_header.contains(&"pixel_accuracy".to_string()));
+    assert_eq!(
+        rank_rows(&out.join("selected_rank.csv")).len(),
+        2,
+        "only collaborative"
+    );
+
+    for plot in ["per_class_iou.png", "miou_vs_upload_ratio.png"] {
+        let image = image::open(out.join("plots").join(plot)).unwrap();
+        assert!(image.width() > 500, "{plot}");
+    }
+    let frames = std::fs::read_dir(out.join("plots"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("frames-")
+        })
+        .count();
+    assert_eq!(frames, 3, "side-by-side frames for every run");
+    assert!(out.join("runs").read_dir().unwrap().count() == 3);
+
+    // A rerun (cloud labels now cached) gets its own folder and the same figures.
+    run_job(&job, &cache);
+    let runs = run_dirs(&workspace, "smoke");
+    assert_eq!(runs.len(), 2);
+    assert_eq!(
+        std::fs::read_to_string(runs[0].join("all_rank.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        4
+    );
+    let again = rank_rows(&runs[1].join("all_rank.csv"));
+    assert_eq!(miou(&again[2]), miou(&all[2]), "deterministic");
+}
+
+#[test]
+fn a_lifelong_job_reports_the_accuracy_matrix() {
+    let Some(camvid) = camvid_or_skip("a_lifelong_job_reports_the_accuracy_matrix") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = dir.path().join("out");
+    let index = |name: &str| {
+        camvid
+            .join(format!("index/{name}.txt"))
+            .display()
+            .to_string()
+    };
+    let job = dir.path().join("job.yaml");
+    std::fs::write(
+        &job,
+        format!(
+            "benchmarkingjob:
+  name: lifelong-smoke
+  workspace: {workspace}
+  testenv:
+    dataset:
+      train_index: {train}
+      test_index: {dusk_eval}
+    lifelong:
+      tasks:
+        - {{name: day, eval_index: {day_val}, max_eval_frames: 2}}
+        - {{name: dusk, stream_index: {stream}, eval_index: {dusk_eval}, max_eval_frames: 2, max_stream_frames: 4}}
+  test_object:
+    type: algorithms
+    algorithms:
+      - name: lifelong
+        paradigm_type: lifelong
+        modules:
+          - {{type: basemodel, name: edge-segmenter}}
+          - type: cloud_refinement
+            name: mobilesam
+            hyperparameters:
+              - max_prompts: {{values: [8]}}
+          - type: lifelong_training
+            name: trainer-retrain
+            hyperparameters:
+              - epochs: {{values: [1]}}
+              - batch_size: {{values: [2]}}
+              - crop_height: {{values: [128]}}
+              - crop_width: {{values: [160]}}
+              - max_old_task_frames: {{values: [2]}}
+              - max_old_task_drop: {{values: [100]}}
+              - min_new_task_gain: {{values: [-100]}}
+",
+            workspace = workspace.display(),
+            train = index("day-train"),
+            dusk_eval = index("dusk-eval"),
+            day_val = index("day-val"),
+            stream = index("dusk-stream"),
+        ),
+    )
+    .unwrap();
+    let leaderboard = run_job(&job, &dir.path().join("cache"));
+    assert!(
+        leaderboard.contains("Accuracy matrix (mIoU)"),
+        "{leaderboard}"
+    );
+    assert!(leaderboard.contains("| round 1 (dusk) |"), "{leaderboard}");
+    let out = &run_dirs(&workspace, "lifelong-smoke")[0];
+    let run = std::fs::read_dir(out.join("runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let run_id = run.file_name().unwrap().to_string_lossy().into_owned();
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    let matrix = &metrics["lifelong"]["miou"];
+    assert_eq!(matrix.as_array().unwrap().len(), 2, "initial and one round");
+    // The gate was told to accept anything, so round 1 serves the retrained model: its scores differ.
+    assert_ne!(matrix[0], matrix[1]);
+    assert_eq!(
+        metrics["metrics"]["samples_transfer_ratio"], 1.0,
+        "no miner: every frame"
+    );
+    let bwt = metrics["metrics"]["bwt"].as_f64().unwrap();
+    let day = |row: usize| matrix[row][0].as_f64().unwrap();
+    assert!((bwt - (day(1) - day(0))).abs() < 1e-9);
+    assert!(image::open(out.join(format!("plots/accuracy_matrix-{run_id}.png"))).is_ok());
+}
