@@ -96,10 +96,14 @@ impl Drop for Fleet {
 async fn wait_ready(client: &reqwest::Client, base: &str, fleet: &mut Fleet) {
     let start = Instant::now();
     loop {
-        if let Ok(response) = client.get(format!("{base}/ready")).send().await
-            && response.status().is_success()
-        {
-            return;
+        if let Ok(response) = client.get(format!("{base}/ready")).send().await {
+            if response.status().is_success() {
+                return;
+            }
+            // A model that failed to load will not recover: say why now rather than at the timeout.
+            if let Ok(body) = response.json::<Value>().await {
+                assert_ne!(body["state"], "failed", "{base} cannot get ready: {body}");
+            }
         }
         for (name, child) in &mut fleet.children {
             if let Ok(Some(status)) = child.try_wait() {
