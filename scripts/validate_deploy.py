@@ -14,6 +14,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -171,6 +172,33 @@ def check_rules(obj, where):
                     raise Invalid(f"{what} container {container.get('name')}: no {probe}")
 
 
+def check_environment_names(objects, where):
+    """Every variable our containers get must be one the binaries read (docs/configuration.md is generated from
+    their --help), so a misspelt name in a manifest fails here instead of being silently ignored in production."""
+    documented = (ROOT / "docs/configuration.md").read_text()
+    sources = {}
+    for obj in objects:
+        if obj.get("kind") in {"ConfigMap", "Secret"}:
+            keys = set(obj.get("data") or {}) | set(obj.get("stringData") or {})
+            sources[(obj["kind"], obj["metadata"]["name"])] = keys
+    for obj in objects:
+        for container in containers_of(obj):
+            names = {e["name"] for e in container.get("env", [])}
+            for source in container.get("envFrom", []):
+                for kind, ref in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                    if ref in source:
+                        key = (kind, source[ref]["name"])
+                        if key not in sources:
+                            raise Invalid(f"{where}: {name_of(obj)} reads {kind} {key[1]}, which is not defined")
+                        names |= sources[key]
+            for name in sorted(names):
+                if not re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", documented):
+                    raise Invalid(
+                        f"{where}: {name_of(obj)} container {container.get('name')} sets {name}, "
+                        "which no binary reads (not in docs/configuration.md)"
+                    )
+
+
 # --- Sedna -------------------------------------------------------------------------------------------------------
 
 
@@ -271,12 +299,15 @@ def validate_tree(deploy):
     for obj in objects:
         validate_kubernetes(obj, "k8s/base")
         check_rules(obj, "k8s/base")
+    check_environment_names(objects, "k8s/base")
     kinds = sorted({o["kind"] for o in objects})
     summary.append(f"k8s/base: {len(objects)} objects rendered by {how}, valid ({', '.join(kinds)})")
 
     sedna_count = other_count = 0
+    sedna_objects = []
     for path in sorted((deploy / "sedna").glob("*.yaml")):
         for obj in load_documents(path):
+            sedna_objects.append(obj)
             where = f"sedna/{path.name}"
             if obj.get("apiVersion", "").startswith("sedna.io/"):
                 if obj.get("kind") not in SEDNA_SCHEMAS:
@@ -287,6 +318,14 @@ def validate_tree(deploy):
                 validate_kubernetes(obj, where)
                 check_rules(obj, where)
                 other_count += 1
+    # Sedna's pod templates as PodTemplates, so their containers are checked like the others.
+    templates = [
+        {"kind": "PodTemplate", "metadata": {"name": f"{o['metadata']['name']}-{field}"}, "template": template}
+        for o in sedna_objects
+        if o.get("apiVersion", "").startswith("sedna.io/")
+        for field, template in sedna_pod_templates(o).items()
+    ]
+    check_environment_names(sedna_objects + templates, "sedna")
     summary.append(f"sedna: {sedna_count} Sedna resources and {other_count} Kubernetes objects valid")
 
     dockerfiles = {"edge-infer.Dockerfile": 8080, "cloud-infer.Dockerfile": 8090, "trainer.Dockerfile": None}
@@ -343,6 +382,12 @@ def negative_checks():
         path = deploy / "docker/edge-infer.Dockerfile"
         path.write_text(path.read_text().replace("USER 10001:10001", "USER root"))
 
+    def misspelt_variable(deploy):
+        def change(docs):
+            env = docs[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+            next(e for e in env if e["name"] == "EDGE_CLOUD_URL")["name"] = "EDGE_CLOUD_ULR"
+        edit_yaml(deploy / "k8s/base/edge-infer.yaml", change)
+
     def missing_resource(deploy):
         (deploy / "k8s/base/retrain-cronjob.yaml").unlink()
 
@@ -353,6 +398,7 @@ def negative_checks():
         trigger_without_condition,
         real_looking_secret,
         runs_as_root,
+        misspelt_variable,
         missing_resource,
     ]
     for case in cases:
