@@ -269,8 +269,8 @@ async fn two_clouds_share_one_buffer_and_every_robot_follows_the_registry() {
     }
     eprintln!("{test}: fleet ready after {:?}", started.elapsed());
 
-    // (robot, frame): frames 0..FRAMES-1 spread over the robots; the last frame goes through robot 0 (cloud 0) and
-    // robot 1 (cloud 1) at the same time.
+    // (robot, frame): the first FRAMES-1 frames spread over the robots; the last one is the second frame of both
+    // robot 0 (cloud 0) and robot 1 (cloud 1), so the two clouds store it at about the same time.
     let shared = FRAMES - 1;
     let mut plan: Vec<(usize, usize)> = (0..shared).map(|frame| (frame % ROBOTS, frame)).collect();
     plan.push((0, shared));
