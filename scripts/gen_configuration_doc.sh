@@ -58,6 +58,7 @@ section "cloud-infer write-synthetic" cloud-infer write-synthetic
 printf '\n## trainer\n'
 section "trainer train" trainer train
 section "trainer eval" trainer eval
+section "trainer calibrate-exposure" trainer calibrate-exposure
 section "trainer retrain run" trainer retrain run
 section "trainer retrain watch" trainer retrain watch
 section "trainer retrain rollback" trainer retrain rollback

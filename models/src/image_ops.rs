@@ -94,10 +94,12 @@ pub fn to_input_tensor(image: &RgbImage, spec: &InputSpec) -> (Array4<f32>, Lett
     let plane = (spec.height * spec.width) as usize;
     let data = tensor.as_slice_mut().expect("fresh array is contiguous");
     let row = spec.width as usize;
+    let gain = spec.exposure_gain(mean_value(source));
     for (x, y, pixel) in source.enumerate_pixels() {
         let offset = y as usize * row + x as usize;
         for c in 0..3 {
-            data[c * plane + offset] = (f32::from(pixel[c]) - spec.mean[c]) / spec.std[c];
+            let value = (f32::from(pixel[c]) * gain).min(255.0);
+            data[c * plane + offset] = (value - spec.mean[c]) / spec.std[c];
         }
     }
     let letterbox = Letterbox {
@@ -107,6 +109,15 @@ pub fn to_input_tensor(image: &RgbImage, spec: &InputSpec) -> (Array4<f32>, Lett
         content_height,
     };
     (tensor, letterbox)
+}
+
+/// Mean of every channel value of an RGB image (0..255).
+pub fn mean_value(image: &RgbImage) -> f32 {
+    let raw = image.as_raw();
+    if raw.is_empty() {
+        return 0.0;
+    }
+    (raw.iter().map(|&v| u64::from(v)).sum::<u64>() as f64 / raw.len() as f64) as f32
 }
 
 /// Softmax over the class axis of a CHW score map, in place.
@@ -290,12 +301,36 @@ mod tests {
             resize: ResizeMode::LongestSidePad,
             mean: [0.0; 3],
             std: [1.0; 3],
+            exposure: None,
         };
         let image = RgbImage::from_pixel(4, 2, image::Rgb([10, 20, 30]));
         let (tensor, letterbox) = to_input_tensor(&image, &spec);
         assert_eq!((letterbox.content_width, letterbox.content_height), (8, 4));
         assert_eq!(tensor[[0, 2, 3, 7]], 30.0);
         assert_eq!(tensor[[0, 0, 4, 0]], 0.0);
+    }
+
+    #[test]
+    fn exposure_brightens_only_frames_darker_than_the_training_set() {
+        let spec = InputSpec {
+            width: 2,
+            height: 1,
+            resize: ResizeMode::Stretch,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            exposure: Some(crate::manifest::Exposure { target_mean: 100.0 }),
+        };
+        // Mean 50: everything doubles, saturating at 255.
+        let dark = RgbImage::from_raw(2, 1, vec![20, 40, 60, 30, 50, 100]).unwrap();
+        let (tensor, _) = to_input_tensor(&dark, &spec);
+        assert_eq!(tensor[[0, 0, 0, 0]], 40.0);
+        assert_eq!(tensor[[0, 2, 0, 1]], 200.0);
+        // Mean 150: untouched.
+        let bright = RgbImage::from_pixel(2, 1, image::Rgb([150, 150, 150]));
+        assert_eq!(to_input_tensor(&bright, &spec).0[[0, 1, 0, 0]], 150.0);
+        let saturating = RgbImage::from_raw(2, 1, vec![250, 0, 0, 0, 0, 50]).unwrap();
+        assert_eq!(to_input_tensor(&saturating, &spec).0[[0, 0, 0, 0]], 255.0);
+        assert_eq!(spec.exposure_gain(0.0), 1.0);
     }
 
     #[test]

@@ -97,6 +97,31 @@ pub struct InputSpec {
     /// Per-channel RGB mean and standard deviation on the 0..255 scale.
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Exposure normalisation before the mean/std step; absent = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<Exposure>,
+}
+
+/// Frames darker than the model's training frames are brightened (one gain for the whole frame) to their mean
+/// brightness before normalising, so a dusk frame looks like the daylight the model learned from; brighter frames
+/// are left alone. Label-free, and learned from the training set only.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Exposure {
+    /// Mean RGB value (0..255) of the training frames.
+    pub target_mean: f32,
+}
+
+impl InputSpec {
+    /// The gain for a frame whose mean RGB value (0..255) is `frame_mean`: 1 without exposure normalisation or
+    /// for frames at least as bright as the training frames.
+    pub fn exposure_gain(&self, frame_mean: f32) -> f32 {
+        match self.exposure {
+            Some(exposure) if frame_mean > 0.0 && frame_mean < exposure.target_mean => {
+                exposure.target_mean / frame_mean
+            }
+            _ => 1.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -61,6 +61,17 @@ pub struct Augmentation {
     pub jitter: f64,
 }
 
+/// A whole float RGB frame `[3, H, W]` or `[1, 3, H, W]` (0..255) after the manifest's exposure normalisation, as
+/// `models::image_ops::to_input_tensor` does it at inference.
+pub fn expose(image: &Tensor, spec: &InputSpec) -> Tensor {
+    let gain = spec.exposure_gain(image.mean(Kind::Float).double_value(&[]) as f32);
+    if gain == 1.0 {
+        image.shallow_clone()
+    } else {
+        (image * f64::from(gain)).clamp_max(255.0)
+    }
+}
+
 /// Normalises a float RGB tensor `[N, 3, H, W]` on the 0..255 scale as the model's manifest says.
 pub fn normalise(image: &Tensor, spec: &InputSpec) -> Tensor {
     let mean = Tensor::from_slice(&spec.mean).view([1, 3, 1, 1]);
@@ -69,16 +80,21 @@ pub fn normalise(image: &Tensor, spec: &InputSpec) -> Tensor {
 }
 
 /// One augmented training pair: image float `[3, h, w]` (0..255) and label int64 `[h, w]`.
-fn augment(frame: &Frame, aug: &Augmentation, ignore: i64, rng: &mut StdRng) -> (Tensor, Tensor) {
+fn augment(
+    frame: &Frame,
+    aug: &Augmentation,
+    spec: &InputSpec,
+    ignore: i64,
+    rng: &mut StdRng,
+) -> (Tensor, Tensor) {
     let (_, h, w) = frame.image.size3().expect("image is [3, H, W]");
     let scale = rng.random_range(aug.min_scale..=aug.max_scale);
     let (sh, sw) = (
         (h as f64 * scale).round() as i64,
         (w as f64 * scale).round() as i64,
     );
-    let image = frame
-        .image
-        .to_kind(Kind::Float)
+    // Exposure is judged on the whole frame, as at inference, before cropping.
+    let image = expose(&frame.image.to_kind(Kind::Float), spec)
         .unsqueeze(0)
         .upsample_bilinear2d([sh, sw], false, None, None);
     let label = frame
@@ -135,7 +151,7 @@ pub fn epoch_batches(
         .map(|chunk| {
             chunk
                 .iter()
-                .map(|&i| augment(&frames[i], aug, ignore, rng))
+                .map(|&i| augment(&frames[i], aug, spec, ignore, rng))
                 .collect()
         })
         .collect();

@@ -28,6 +28,9 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate a model directory's ONNX graph on labelled index files: per-class IoU, mIoU, median latency.
     Eval(EvalArgs),
+    /// Turn on exposure normalisation in a model directory: frames darker than the mean brightness of the training
+    /// frames are brightened to it before inference (written into the manifest as a new version; weights unchanged).
+    CalibrateExposure(ExposureArgs),
     /// Lifelong retraining on the replay buffer, labelled by the cloud, gated, published into a model registry.
     Retrain {
         #[command(subcommand)]
@@ -105,6 +108,19 @@ struct EvalArgs {
     threads: usize,
 }
 
+#[derive(Args)]
+struct ExposureArgs {
+    /// The model directory to update in place.
+    #[arg(long, default_value = "models/edge/current")]
+    model: PathBuf,
+    /// The frames the model was trained on.
+    #[arg(long)]
+    train_index: PathBuf,
+    /// Version written into the manifest (the old one becomes its parent).
+    #[arg(long)]
+    version: String,
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -113,8 +129,37 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
+        Command::CalibrateExposure(args) => calibrate_exposure(&args),
         Command::Retrain { action } => retrain_cli::run(action),
     }
+}
+
+fn calibrate_exposure(args: &ExposureArgs) -> Result<()> {
+    let samples = read_index(&args.train_index, None)?;
+    let mut total = 0.0;
+    for sample in &samples {
+        total += f64::from(models::image_ops::mean_value(&sample.load_image()?));
+    }
+    let target_mean = (total / samples.len() as f64) as f32;
+    let mut loaded = models::manifest::LoadedManifest::load_verified(&args.model)?;
+    let manifest = &mut loaded.manifest;
+    manifest.input.exposure = Some(models::manifest::Exposure { target_mean });
+    manifest.provenance.parent_version = Some(manifest.version.clone());
+    manifest.version = args.version.clone();
+    manifest.provenance.produced_by = format!(
+        "{}; trainer calibrate-exposure --train-index {} (mean brightness {target_mean:.2} over {} frames)",
+        manifest.provenance.produced_by,
+        args.train_index.display(),
+        samples.len()
+    );
+    manifest.write_with_checksums(&args.model)?;
+    println!(
+        "{} {}: exposure target {target_mean:.2} (mean of {} training frames)",
+        manifest.name,
+        manifest.version,
+        samples.len()
+    );
+    Ok(())
 }
 
 fn train(args: TrainArgs) -> Result<()> {

@@ -14,7 +14,7 @@ use tch::nn::{self, ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
 use crate::IGNORE_LABEL;
-use crate::data::{Augmentation, Frame, class_frequencies, epoch_batches, normalise};
+use crate::data::{Augmentation, Frame, class_frequencies, epoch_batches, expose, normalise};
 
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -90,9 +90,7 @@ impl Trainer {
     pub fn predict(&self, frame: &Frame) -> Tensor {
         let (_, h, w) = frame.image.size3().expect("image is [3, H, W]");
         let spec = self.input_spec();
-        let image = frame
-            .image
-            .to_kind(Kind::Float)
+        let image = expose(&frame.image.to_kind(Kind::Float), spec)
             .unsqueeze(0)
             .upsample_bilinear2d([spec.height as i64, spec.width as i64], false, None, None);
         let logits = self.logits(&normalise(&image, spec));
