@@ -265,3 +265,138 @@ fn a_lifelong_job_reports_the_accuracy_matrix() {
     assert!((bwt - (day(1) - day(0))).abs() < 1e-9);
     assert!(image::open(out.join(format!("plots/accuracy_matrix-{run_id}.png"))).is_ok());
 }
+
+/// A service binary of another package, next to this package's binary (`cargo test --workspace` builds all).
+fn sibling_binary(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_benchmarks")).with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p {name}` first (`cargo test --workspace` builds it)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// Kills the service when the test ends, however it ends.
+struct Service(std::process::Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_ready(base: &str, service: &mut Service) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(120) {
+        if reqwest::blocking::get(format!("{base}/ready")).is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        assert!(
+            service.0.try_wait().unwrap().is_none(),
+            "{base} exited while starting"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("{base} not ready");
+}
+
+#[test]
+fn an_http_job_measures_the_running_services() {
+    let Some(camvid) = camvid_or_skip("an_http_job_measures_the_running_services") else {
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (edge_port, cloud_port) = (free_port(), free_port());
+    let token = "benchmark-test-token";
+    let mut cloud = Service(
+        Command::new(sibling_binary("cloud-infer"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{cloud_port}")])
+            .args(["--max-prompts", "8", "--buffer"])
+            .arg(dir.path().join("buffer"))
+            .env("CLOUD_INFER_TOKENS", token)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut edge = Service(
+        Command::new(sibling_binary("edge-infer"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{edge_port}")])
+            .args(["--cloud-url", &format!("http://127.0.0.1:{cloud_port}")])
+            .args(["--cloud-token", token, "--cloud-timeout-ms", "60000"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(&format!("http://127.0.0.1:{cloud_port}"), &mut cloud);
+    wait_ready(&format!("http://127.0.0.1:{edge_port}"), &mut edge);
+
+    let workspace = dir.path().join("out");
+    let job = dir.path().join("job.yaml");
+    std::fs::write(
+        &job,
+        format!(
+            "benchmarkingjob:
+  name: http
+  workspace: {workspace}
+  testenv:
+    dataset:
+      test_index: {index}
+      max_frames: 2
+    mode: http
+    edge_url: http://127.0.0.1:{edge_port}
+  test_object:
+    type: algorithms
+    algorithms:
+      - {{name: edge-only, paradigm_type: edge-only}}
+      - {{name: cloud-only, paradigm_type: cloud-only}}
+",
+            workspace = workspace.display(),
+            index = camvid.join("index/dusk-eval.txt").display(),
+        ),
+    )
+    .unwrap();
+    run_job(&job, &dir.path().join("cache"));
+    let out = &run_dirs(&workspace, "http")[0];
+    let header = csv::Reader::from_path(out.join("all_rank.csv"))
+        .unwrap()
+        .headers()
+        .unwrap()
+        .clone();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows = rank_rows(&out.join("all_rank.csv"));
+    let row = |algorithm: &str| {
+        rows.iter()
+            .find(|r| &r[column("algorithm")] == algorithm)
+            .unwrap()
+    };
+    let number = |r: &csv::StringRecord, name: &str| r[column(name)].parse::<f64>().unwrap();
+    let (edge_only, cloud_only) = (row("edge-only"), row("cloud-only"));
+    assert_eq!(number(edge_only, "samples_transfer_ratio"), 0.0);
+    assert_eq!(
+        number(cloud_only, "samples_transfer_ratio"),
+        1.0,
+        "every frame refined"
+    );
+    assert_eq!(number(edge_only, "edge_to_cloud_bytes_per_frame"), 0.0);
+    let frames = models::dataset::read_index(&camvid.join("index/dusk-eval.txt"), None).unwrap();
+    let first = std::fs::metadata(&frames[0].image).unwrap().len() as f64;
+    assert!(
+        number(cloud_only, "edge_to_cloud_bytes_per_frame") > first * 0.5,
+        "the edge sent the encoded frames to the cloud"
+    );
+    assert!(number(cloud_only, "cloud_latency_p50_ms") > number(edge_only, "edge_latency_p50_ms"));
+    assert!(
+        number(edge_only, "bytes_down_per_frame") > 100.0,
+        "a label map came back"
+    );
+}
