@@ -63,7 +63,8 @@ pub struct ServeArgs {
     /// Sedna's hard example mining algorithm name (`CrossEntropy`, `IBT`, or a scorer name).
     #[arg(long, env = "HEM_NAME")]
     pub hem_name: Option<String>,
-    /// Sedna's hard example mining parameters, a JSON object.
+    /// Sedna's hard example mining parameters: a JSON object, or the `[{"key": ..., "value": ...}]` list Sedna's
+    /// controller injects.
     #[arg(long, env = "HEM_PARAMETERS", default_value = "")]
     pub hem_parameters: String,
     /// Base URL of cloud-infer (e.g. `http://10.0.0.5:5000`); without it the robot answers from the edge only.

@@ -131,6 +131,9 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
     };
     let (mut streamed, mut uploaded) = (0usize, 0usize);
     let mut notes = String::new();
+    // What the last round's retrained model scored, published or not (the gate's own figures).
+    let mut candidate = None;
+    let mut published_rounds = 0;
     for (round, task) in tasks.iter().enumerate().skip(1) {
         let export = dir.join(format!("round-{round}-{}", task.name));
         let live = std::fs::canonicalize(registry.current_link())?;
@@ -167,6 +170,8 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
         let report = retrain(&config, |epoch, loss| {
             eprintln!("  round {round} epoch {epoch}: loss {loss:.4}")
         })?;
+        candidate = Some(report.decision.candidate);
+        published_rounds += usize::from(report.decision.publish);
         let _ = writeln!(
             notes,
             "round {round} ({}): {sent}/{seen} frames uploaded; candidate {} {}; gate: parent {:?}, candidate {:?}, refusals {:?}",
@@ -189,7 +194,7 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
         format!("{}\n{notes}", matrix.markdown()),
     )?;
     let last_task = tasks.len() - 1;
-    let metrics = BTreeMap::from([
+    let mut metrics = BTreeMap::from([
         (
             "miou".to_string(),
             matrix.miou[matrix.miou.len() - 1][last_task],
@@ -207,6 +212,13 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
             uploaded as f64 / streamed.max(1) as f64,
         ),
     ]);
+    metrics.insert("published_rounds".into(), published_rounds as f64);
+    if let Some(candidate) = candidate {
+        metrics.insert("candidate_old_task_miou".into(), candidate.old_task_miou);
+        if let Some(new_task) = candidate.new_task_labelled_miou {
+            metrics.insert("candidate_new_task_miou".into(), new_task);
+        }
+    }
     let final_model = EdgeModel::load(&registry.current_link(), session)?;
     let classes = final_model.manifest().classes.clone();
     let frames = test_frames(

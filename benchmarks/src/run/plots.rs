@@ -9,6 +9,7 @@ use std::sync::Once;
 use anyhow::{Result, anyhow};
 use image::imageops::{FilterType, resize};
 use image::{Rgb, RgbImage};
+use models::image_ops::overlay;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -18,6 +19,8 @@ use super::{OverlayFrame, RunResult};
 const FONT: &str = "sans-serif";
 /// Bars of more runs than this would be too thin to read; the best-ranked ones are drawn.
 const MAX_BAR_RUNS: usize = 8;
+/// Weight of the class colour over the frame in the side-by-side panels (unlabelled pixels show the frame).
+const OVERLAY_ALPHA: f32 = 0.6;
 
 fn register_font() -> Result<()> {
     static REGISTER: Once = Once::new();
@@ -295,15 +298,14 @@ fn side_by_side(
     );
     let mut canvas = RgbImage::from_pixel(size.0, size.1, Rgb([255, 255, 255]));
     for (row, frame) in frames.iter().enumerate() {
-        let (width, height) = frame.image.dimensions();
         let mut panels = vec![
             frame.image.clone(),
-            colourise(frame.truth.as_raw(), width, height, palette),
+            overlay(&frame.image, frame.truth.as_raw(), palette, OVERLAY_ALPHA),
         ];
         if with_edge {
-            panels.push(colourise(&frame.edge, width, height, palette));
+            panels.push(overlay(&frame.image, &frame.edge, palette, OVERLAY_ALPHA));
         }
-        panels.push(colourise(&frame.result, width, height, palette));
+        panels.push(overlay(&frame.image, &frame.result, palette, OVERLAY_ALPHA));
         for (column, panel) in panels.iter().enumerate() {
             let small = resize(panel, panel_w, panel_h, FilterType::Nearest);
             image::imageops::overlay(
@@ -336,17 +338,6 @@ fn side_by_side(
         root.present().map_err(plot_error)?;
     }
     save(path, buffer, size)
-}
-
-/// A label map in the class colours; labels outside the palette (the ignore label) are black.
-fn colourise(labels: &[u8], width: u32, height: u32, palette: &[[u8; 3]]) -> RgbImage {
-    RgbImage::from_fn(width, height, |x, y| {
-        let label = labels[(y * width + x) as usize];
-        Rgb(palette
-            .get(usize::from(label))
-            .copied()
-            .unwrap_or([0, 0, 0]))
-    })
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ const MODULE_COLUMNS: [ModuleType; 4] = [
     ModuleType::LifelongTraining,
 ];
 /// Leaderboard columns when the job selects `all` metrics.
-const LEADERBOARD_METRICS: [&str; 9] = [
+const LEADERBOARD_METRICS: [&str; 11] = [
     "miou",
     "pixel_accuracy",
     "samples_transfer_ratio",
@@ -44,6 +44,8 @@ const LEADERBOARD_METRICS: [&str; 9] = [
     "task_avg_acc",
     "bwt",
     "fwt",
+    "candidate_new_task_miou",
+    "candidate_old_task_miou",
 ];
 
 /// Writes the rank files into `out` and returns the Markdown leaderboard.
