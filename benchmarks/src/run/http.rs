@@ -160,7 +160,7 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path) -> Result<RunResult>
     );
     hyperparameters.insert(
         "hard_example_mining-service".into(),
-        info["miner"].to_string(),
+        info["miner"]["config"].to_string(),
     );
     Ok(RunResult {
         id: id.to_string(),
