@@ -34,13 +34,14 @@ const MODULE_COLUMNS: [ModuleType; 4] = [
     ModuleType::LifelongTraining,
 ];
 /// Leaderboard columns when the job selects `all` metrics.
-const LEADERBOARD_METRICS: [&str; 11] = [
+const LEADERBOARD_METRICS: [&str; 12] = [
     "miou",
     "pixel_accuracy",
     "samples_transfer_ratio",
     "edge_latency_p50_ms",
     "cloud_latency_p50_ms",
     "bytes_up_per_frame",
+    "edge_to_cloud_bytes_per_frame",
     "task_avg_acc",
     "bwt",
     "fwt",
