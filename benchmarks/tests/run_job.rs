@@ -47,6 +47,15 @@ fn a_job_ranks_every_paradigm_and_never_overwrites_a_run() {
     else {
         return;
     };
+    let baseline = models::paths::shared_dir()
+        .join("models/coral-deeplab-cityscapes/deeplab_mobilenet_edgetpu_slim_cityscapes_quant_logits.onnx");
+    if !baseline.is_file() {
+        eprintln!(
+            "SKIPPED a_job_ranks_every_paradigm_and_never_overwrites_a_run: {} is missing",
+            baseline.display()
+        );
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let workspace = dir.path().join("out");
     let index = camvid.join("index/dusk-eval.txt");
@@ -68,6 +77,9 @@ fn a_job_ranks_every_paradigm_and_never_overwrites_a_run() {
       - name: edge-only
         paradigm_type: edge-only
         modules: [{{type: basemodel, name: edge-segmenter}}]
+      - name: baseline
+        paradigm_type: edge-only
+        modules: [{{type: basemodel, name: cityscapes-baseline}}]
       - name: collab
         paradigm_type: collaborative
         modules:
@@ -103,7 +115,7 @@ fn a_job_ranks_every_paradigm_and_never_overwrites_a_run() {
     assert_eq!(runs.len(), 1);
     let out = &runs[0];
     let all = rank_rows(&out.join("all_rank.csv"));
-    assert_eq!(all.len(), 3, "edge-only plus two thresholds");
+    assert_eq!(all.len(), 4, "edge-only, the baseline, two thresholds");
     let header = csv::Reader::from_path(out.join("all_rank.csv"))
         .unwrap()
         .headers()
@@ -117,16 +129,21 @@ fn a_job_ranks_every_paradigm_and_never_overwrites_a_run() {
     };
     // Sorted ascending by upload ratio: a margin score is never below 0 (nothing uploaded) and always below 1.
     assert_eq!(ratio(&all[0]), 0.0);
-    assert_eq!(ratio(&all[2]), 1.0);
-    assert_eq!(&all[2][column("algorithm")], "collab");
+    assert_eq!(ratio(&all[3]), 1.0);
+    assert_eq!(&all[3][column("algorithm")], "collab");
+    assert_eq!(&all[1][column("basemodel")], "cityscapes-baseline");
     let miou = |row: &csv::StringRecord| row[column("miou")].parse::<f64>().unwrap();
     assert!(all.iter().all(|r| (0.0..=1.0).contains(&miou(r))));
     assert!(
-        miou(&all[2]) != miou(&all[0]),
+        miou(&all[3]) != miou(&all[0]),
         "refining every frame changes the labels"
     );
+    assert!(
+        miou(&all[1]) > 0.2 && miou(&all[1]) != miou(&all[0]),
+        "the Cityscapes model, folded into CamVid classes, segments the frames its own way"
+    );
     assert_eq!(
-        &all[2][column("hard_example_mining-threshold")],
+        &all[3][column("hard_example_mining-threshold")],
         "1.0",
         "hyperparameters get their own columns"
     );
@@ -160,8 +177,8 @@ fn a_job_ranks_every_paradigm_and_never_overwrites_a_run() {
                 .starts_with("frames-")
         })
         .count();
-    assert_eq!(frames, 3, "side-by-side frames for every run");
-    assert!(out.join("runs").read_dir().unwrap().count() == 3);
+    assert_eq!(frames, 4, "side-by-side frames for every run");
+    assert!(out.join("runs").read_dir().unwrap().count() == 4);
 
     // A rerun (cloud labels now cached) gets its own folder and the same figures.
     run_job(&job, &cache);
@@ -172,10 +189,10 @@ fn a_job_ranks_every_paradigm_and_never_overwrites_a_run() {
             .unwrap()
             .lines()
             .count(),
-        4
+        5
     );
     let again = rank_rows(&runs[1].join("all_rank.csv"));
-    assert_eq!(miou(&again[2]), miou(&all[2]), "deterministic");
+    assert_eq!(miou(&again[3]), miou(&all[3]), "deterministic");
 }
 
 #[test]
