@@ -7,7 +7,6 @@
 //! payloads the edge would send (encoded frame, its class scores pooled and quantised as edge-infer does, metadata) and get back (the label PNG
 //! in base64).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -20,10 +19,7 @@ use serde_json::{Map, Value as Json};
 
 use super::job::{Job, ModuleType, Paradigm, RunSpec};
 use super::segmenter::{EDGE_SEGMENTER, Segmenter};
-use super::{
-    Args, OverlayFrame, RunResult, insert_latency, module_names, module_threads, overlay_indices,
-    test_frames,
-};
+use super::{Args, OverlayFrame, RunResult, Tally, module_threads, overlay_indices, test_frames};
 use crate::cloud_labels::{CloudLabeller, RefinementSettings};
 
 /// The simulated camera: one frame every 100 ms.
@@ -57,9 +53,7 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
     let class_count = classes.len();
     let overlay_at = overlay_indices(frames.len(), job.testenv.overlays);
     let mut edge_cm = ConfusionMatrix::new(class_count);
-    let mut final_cm = ConfusionMatrix::new(class_count);
-    let (mut edge_latency, mut cloud_latency) = (Vec::new(), Vec::new());
-    let (mut bytes_up, mut bytes_down, mut uploaded) = (0usize, 0usize, 0usize);
+    let mut tally = Tally::new(class_count);
     let mut overlays = Vec::new();
     let mut csv = String::from(
         "frame,uploaded,miner_score,edge_ms,answer_ms,bytes_up,bytes_down,edge_pixel_accuracy,final_pixel_accuracy\n",
@@ -97,14 +91,7 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
             }
             _ => (edge.labels.clone(), edge_ms, 0, 0),
         };
-        if upload {
-            uploaded += 1;
-            cloud_latency.push(answer_ms);
-        } else {
-            edge_latency.push(answer_ms);
-        }
-        bytes_up += up;
-        bytes_down += down;
+        tally.add(upload, answer_ms, up, down);
         let mut frame_edge = ConfusionMatrix::new(class_count);
         frame_edge.add(truth.as_raw(), &edge.labels);
         let mut frame_final = ConfusionMatrix::new(class_count);
@@ -117,7 +104,7 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
             frame_final.scores().pixel_accuracy
         ));
         edge_cm.merge(&frame_edge);
-        final_cm.merge(&frame_final);
+        tally.confusion.merge(&frame_final);
         if overlay_at.contains(&i) {
             overlays.push(OverlayFrame {
                 name: sample.name(),
@@ -131,39 +118,24 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
     }
     progress.finish_and_clear();
     std::fs::write(dir.join("frames.csv"), csv)?;
-    let n = frames.len() as f64;
-    let scores = final_cm.scores();
-    let mut metrics = BTreeMap::from([
-        ("miou".to_string(), scores.miou),
-        ("pixel_accuracy".to_string(), scores.pixel_accuracy),
-        ("edge_miou".to_string(), edge_cm.scores().miou),
-        ("samples_transfer_ratio".to_string(), uploaded as f64 / n),
-        ("bytes_up_per_frame".to_string(), bytes_up as f64 / n),
-        ("bytes_down_per_frame".to_string(), bytes_down as f64 / n),
-        ("frames".to_string(), n),
-    ]);
-    insert_latency(&mut metrics, "edge_latency", &edge_latency);
-    insert_latency(&mut metrics, "cloud_latency", &cloud_latency);
+    let (mut metrics, per_class_iou) = tally.metrics();
+    metrics.insert("edge_miou".into(), edge_cm.scores().miou);
     let mut hyperparameters = spec.hyperparameters();
     hyperparameters.insert("basemodel-version".into(), edge_version);
     if let Some(labeller) = &labeller {
         hyperparameters.insert("cloud_refinement-settings".into(), labeller.describe());
     }
-    Ok(RunResult {
-        id: id.to_string(),
-        algorithm: spec.algorithm.clone(),
-        paradigm: spec.paradigm,
-        modules: module_names(spec),
+    let mut result = RunResult::new(
+        spec,
+        id,
+        dir,
+        &classes,
         hyperparameters,
         metrics,
-        class_names: classes.iter().map(|c| c.name.clone()).collect(),
-        palette: classes.iter().map(|c| c.color).collect(),
-        per_class_iou: scores.per_class_iou,
-        lifelong: None,
-        finished: chrono::Utc::now().to_rfc3339(),
-        dir: dir.to_path_buf(),
-        overlays,
-    })
+        per_class_iou,
+    );
+    result.overlays = overlays;
+    Ok(result)
 }
 
 pub fn load_segmenter(spec: &RunSpec, default_threads: usize) -> Result<Segmenter> {

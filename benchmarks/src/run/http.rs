@@ -4,18 +4,17 @@
 //! client's round trip; bytes are the request and response bodies plus what the edge sent to the cloud (the
 //! `edge_cloud_bytes_sent_total` counter of its `/metrics`, read before and after each frame).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use models::image_ops::decode_label_png;
-use models::metrics::ConfusionMatrix;
+use models::manifest::ClassInfo;
 use reqwest::blocking::Client;
 use serde_json::Value;
 
 use super::job::{Job, Paradigm, RunSpec};
-use super::{OverlayFrame, RunResult, insert_latency, module_names, overlay_indices, test_frames};
+use super::{OverlayFrame, RunResult, Tally, overlay_indices, test_frames};
 
 const CLOUD_BYTES_METRIC: &str = "edge_cloud_bytes_sent_total";
 
@@ -46,27 +45,15 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path) -> Result<RunResult>
         Paradigm::Collaborative => "auto",
         Paradigm::Lifelong => bail!("lifelong runs are in-process"),
     };
-    let listed = info["model"]["classes"]
-        .as_array()
+    let classes: Vec<ClassInfo> = serde_json::from_value(info["model"]["classes"].clone())
         .context("/info lists no model classes (is a model loaded?)")?;
-    let class_names: Vec<String> = listed
-        .iter()
-        .map(|c| c["name"].as_str().unwrap_or("?").to_string())
-        .collect();
-    let palette: Vec<[u8; 3]> = listed
-        .iter()
-        .map(|c| serde_json::from_value(c["color"].clone()).unwrap_or([0, 0, 0]))
-        .collect();
-    let classes = class_names.len();
     let frames = test_frames(
         &job.testenv.dataset.test_index,
         job.testenv.dataset.max_frames,
     )?;
     let overlay_at = overlay_indices(frames.len(), job.testenv.overlays);
-    let mut final_cm = ConfusionMatrix::new(classes);
-    let (mut edge_latency, mut cloud_latency) = (Vec::new(), Vec::new());
-    let (mut bytes_up, mut bytes_down, mut to_cloud, mut refined, mut fallbacks) =
-        (0usize, 0usize, 0.0f64, 0usize, 0usize);
+    let mut tally = Tally::new(classes.len());
+    let (mut to_cloud, mut fallbacks) = (0.0f64, 0usize);
     let mut overlays = Vec::new();
     let mut csv = String::from(
         "frame,source,miner_score,round_trip_ms,bytes_up,bytes_down,edge_to_cloud_bytes\n",
@@ -104,21 +91,10 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path) -> Result<RunResult>
         let png = wire::decode_base64(answer["label_map_png"].as_str().unwrap_or_default())
             .context("the answer has no label map")?;
         let labels = decode_label_png(&png)?.into_raw();
-        match source.as_str() {
-            "cloud" => {
-                refined += 1;
-                cloud_latency.push(round_trip_ms);
-            }
-            "edge-fallback" => {
-                fallbacks += 1;
-                edge_latency.push(round_trip_ms);
-            }
-            _ => edge_latency.push(round_trip_ms),
-        }
-        bytes_up += encoded.len();
-        bytes_down += body.len();
+        fallbacks += usize::from(source == "edge-fallback");
+        tally.add(source == "cloud", round_trip_ms, encoded.len(), body.len());
         to_cloud += sent_to_cloud;
-        final_cm.add(truth.as_raw(), &labels);
+        tally.confusion.add(truth.as_raw(), &labels);
         csv.push_str(&format!(
             "{},{source},{},{round_trip_ms:.2},{},{},{sent_to_cloud}\n",
             sample.name(),
@@ -140,19 +116,9 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path) -> Result<RunResult>
     progress.finish_and_clear();
     std::fs::write(dir.join("frames.csv"), csv)?;
     let n = frames.len() as f64;
-    let scores = final_cm.scores();
-    let mut metrics = BTreeMap::from([
-        ("miou".to_string(), scores.miou),
-        ("pixel_accuracy".to_string(), scores.pixel_accuracy),
-        ("samples_transfer_ratio".to_string(), refined as f64 / n),
-        ("fallback_ratio".to_string(), fallbacks as f64 / n),
-        ("bytes_up_per_frame".to_string(), bytes_up as f64 / n),
-        ("bytes_down_per_frame".to_string(), bytes_down as f64 / n),
-        ("edge_to_cloud_bytes_per_frame".to_string(), to_cloud / n),
-        ("frames".to_string(), n),
-    ]);
-    insert_latency(&mut metrics, "edge_latency", &edge_latency);
-    insert_latency(&mut metrics, "cloud_latency", &cloud_latency);
+    let (mut metrics, per_class_iou) = tally.metrics();
+    metrics.insert("fallback_ratio".into(), fallbacks as f64 / n);
+    metrics.insert("edge_to_cloud_bytes_per_frame".into(), to_cloud / n);
     let mut hyperparameters = spec.hyperparameters();
     hyperparameters.insert(
         "basemodel-version".into(),
@@ -162,21 +128,17 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path) -> Result<RunResult>
         "hard_example_mining-service".into(),
         info["miner"]["config"].to_string(),
     );
-    Ok(RunResult {
-        id: id.to_string(),
-        algorithm: spec.algorithm.clone(),
-        paradigm: spec.paradigm,
-        modules: module_names(spec),
+    let mut result = RunResult::new(
+        spec,
+        id,
+        dir,
+        &classes,
         hyperparameters,
         metrics,
-        class_names,
-        palette,
-        per_class_iou: scores.per_class_iou,
-        lifelong: None,
-        finished: chrono::Utc::now().to_rfc3339(),
-        dir: dir.to_path_buf(),
-        overlays,
-    })
+        per_class_iou,
+    );
+    result.overlays = overlays;
+    Ok(result)
 }
 
 /// The edge's running total of bytes sent to the cloud (0 before its first upload).

@@ -32,7 +32,7 @@ use trainer::retrain_cli::{RetrainArgs, config as retrain_config};
 use super::execute::{build_miner, cloud_labeller};
 use super::job::{Job, ModuleType, RunSpec, TaskSpec, value_text};
 use super::segmenter::EDGE_SEGMENTER;
-use super::{Args, RunResult, module_names, test_frames};
+use super::{Args, RunResult, test_frames};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AccuracyMatrix {
@@ -233,21 +233,17 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
         "basemodel-version".into(),
         final_model.manifest().version.clone(),
     );
-    Ok(RunResult {
-        id: id.to_string(),
-        algorithm: spec.algorithm.clone(),
-        paradigm: spec.paradigm,
-        modules: module_names(spec),
+    let mut result = RunResult::new(
+        spec,
+        id,
+        dir,
+        &classes,
         hyperparameters,
         metrics,
-        class_names: classes.iter().map(|c| c.name.clone()).collect(),
-        palette: classes.iter().map(|c| c.color).collect(),
         per_class_iou,
-        lifelong: Some(matrix),
-        finished: chrono::Utc::now().to_rfc3339(),
-        dir: dir.to_path_buf(),
-        overlays: Vec::new(),
-    })
+    );
+    result.lifelong = Some(matrix);
+    Ok(result)
 }
 
 /// Streams `task`'s frames through the live model, the miner (every frame when the algorithm has none) and the

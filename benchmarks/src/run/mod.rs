@@ -20,6 +20,8 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use image::{GrayImage, RgbImage};
 use models::dataset::{Sample, read_index};
+use models::manifest::ClassInfo;
+use models::metrics::ConfusionMatrix;
 use serde::Serialize;
 
 use crate::report;
@@ -61,6 +63,93 @@ pub struct RunResult {
     pub dir: PathBuf,
     #[serde(skip)]
     pub overlays: Vec<OverlayFrame>,
+}
+
+impl RunResult {
+    /// A finished run of `spec`; lifelong figures and overlays are added by the paradigms that have them.
+    pub fn new(
+        spec: &RunSpec,
+        id: &str,
+        dir: &Path,
+        classes: &[ClassInfo],
+        hyperparameters: BTreeMap<String, String>,
+        metrics: BTreeMap<String, f64>,
+        per_class_iou: Vec<Option<f64>>,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            algorithm: spec.algorithm.clone(),
+            paradigm: spec.paradigm,
+            modules: module_names(spec),
+            hyperparameters,
+            metrics,
+            class_names: classes.iter().map(|c| c.name.clone()).collect(),
+            palette: classes.iter().map(|c| c.color).collect(),
+            per_class_iou,
+            lifelong: None,
+            finished: chrono::Utc::now().to_rfc3339(),
+            dir: dir.to_path_buf(),
+            overlays: Vec::new(),
+        }
+    }
+}
+
+/// What the answers to a split add up to, whichever way they were produced.
+pub struct Tally {
+    pub confusion: ConfusionMatrix,
+    /// Answer latency (ms) of the frames the edge answered, and of those the cloud refined.
+    pub edge_latency: Vec<f64>,
+    pub cloud_latency: Vec<f64>,
+    pub bytes_up: usize,
+    pub bytes_down: usize,
+}
+
+impl Tally {
+    pub fn new(classes: usize) -> Self {
+        Self {
+            confusion: ConfusionMatrix::new(classes),
+            edge_latency: Vec::new(),
+            cloud_latency: Vec::new(),
+            bytes_up: 0,
+            bytes_down: 0,
+        }
+    }
+
+    pub fn add(&mut self, refined: bool, latency_ms: f64, bytes_up: usize, bytes_down: usize) {
+        if refined {
+            self.cloud_latency.push(latency_ms);
+        } else {
+            self.edge_latency.push(latency_ms);
+        }
+        self.bytes_up += bytes_up;
+        self.bytes_down += bytes_down;
+    }
+
+    /// mIoU, pixel accuracy, transfer ratio, bytes per frame and latency percentiles; and the per-class IoU.
+    pub fn metrics(&self) -> (BTreeMap<String, f64>, Vec<Option<f64>>) {
+        let scores = self.confusion.scores();
+        let frames = (self.edge_latency.len() + self.cloud_latency.len()).max(1) as f64;
+        let mut metrics = BTreeMap::from([
+            ("miou".to_string(), scores.miou),
+            ("pixel_accuracy".to_string(), scores.pixel_accuracy),
+            (
+                "samples_transfer_ratio".to_string(),
+                self.cloud_latency.len() as f64 / frames,
+            ),
+            (
+                "bytes_up_per_frame".to_string(),
+                self.bytes_up as f64 / frames,
+            ),
+            (
+                "bytes_down_per_frame".to_string(),
+                self.bytes_down as f64 / frames,
+            ),
+            ("frames".to_string(), frames),
+        ]);
+        insert_latency(&mut metrics, "edge_latency", &self.edge_latency);
+        insert_latency(&mut metrics, "cloud_latency", &self.cloud_latency);
+        (metrics, scores.per_class_iou)
+    }
 }
 
 /// One frame shown side by side: the image, its ground truth, the edge's labels and the run's final labels.
