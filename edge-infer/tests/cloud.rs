@@ -64,7 +64,10 @@ async fn refine(
         }
     }
     let (meta, image, scores) = (meta.unwrap(), image.unwrap(), scores.unwrap());
-    assert_eq!((meta.scores.width, meta.scores.height), (60, 45));
+    assert_eq!(
+        (meta.scores.width, meta.scores.height),
+        (wire::UPLOAD_SCORES_WIDTH, wire::UPLOAD_SCORES_HEIGHT)
+    );
     assert_eq!(scores.len(), meta.scores.len());
     assert_eq!(meta.robot_id, "robot-7");
     let decoded = models::image_ops::decode_rgb(&image, u64::MAX).unwrap();
