@@ -4,9 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use hard_example::{Decision, Dims, Miner};
+use hard_example::{Dims, Miner};
 use image::RgbImage;
-use models::edge::EdgeOutput;
 use models::image_ops;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -108,31 +107,59 @@ pub fn process(
         .segment(&image)
         .map_err(|e| ApiError::Inference(e.to_string()))?;
 
-    // Rendering the edge answer (needed even when the cloud is asked: it is the fallback) and mining are
-    // independent; on a multi-core robot they overlap instead of adding up.
-    let (mined, rendered) = std::thread::scope(|scope| {
-        let renderer = scope.spawn(|| {
-            let render_start = Instant::now();
-            render(
-                &output.labels,
-                output.width,
-                output.height,
-                job.overlay.then_some(&image),
-                &model,
-            )
-            .map(|rendered| (rendered, ms_since(render_start)))
-        });
-        let mined = mine(&output, job.collaborate, job.cloud_available, miner);
-        let rendered = renderer.join().unwrap_or_else(|_| {
-            Err(ApiError::Internal(
-                "rendering the label map panicked".into(),
-            ))
-        });
-        (mined, rendered)
+    let mining_start = Instant::now();
+    let dims = Dims::new(
+        output.classes,
+        output.score_height as usize,
+        output.score_width as usize,
+    );
+    let decision = {
+        let mut miner_guard = miner
+            .miner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now_ms = miner.started.elapsed().as_millis() as u64;
+        let decision = miner_guard
+            .decide(&output.probabilities, dims, now_ms)
+            .map_err(|e| ApiError::Inference(format!("mining: {e}")))?;
+        metrics::upload_ratio(miner_guard.stats().upload_ratio());
+        decision
+    };
+    let wants_cloud = match job.collaborate {
+        Collaborate::Auto => decision.hard,
+        Collaborate::Always => true,
+        Collaborate::Never => false,
+    };
+    let upload = (wants_cloud && job.cloud_available).then(|| {
+        let shape = QuantisedScores {
+            classes: output.classes as u32,
+            height: wire::UPLOAD_SCORES_HEIGHT,
+            width: wire::UPLOAD_SCORES_WIDTH,
+        };
+        let pooled = downsample_scores(
+            &output.probabilities,
+            dims,
+            wire::UPLOAD_SCORES_HEIGHT,
+            wire::UPLOAD_SCORES_WIDTH,
+        );
+        Upload {
+            scores: wire::quantise(&pooled),
+            shape,
+            image: None,
+        }
     });
-    let (decision, upload, mining_ms) = mined?;
-    let (rendered, render_ms) = rendered?;
-    let postprocess_ms = output.postprocess_ms + render_ms;
+    let mining_ms = ms_since(mining_start);
+
+    // The edge answer is rendered even when the cloud is asked: it is the fallback and must be ready on time.
+    let render_start = Instant::now();
+    let rendered = render(
+        &output.labels,
+        output.width,
+        output.height,
+        job.overlay.then_some(&image),
+        &model,
+    )?;
+    let postprocess_ms = output.postprocess_ms + ms_since(render_start);
     let upload = upload.map(|upload| Upload {
         image: job.overlay.then_some(image),
         ..upload
@@ -157,57 +184,6 @@ pub fn process(
         },
         model,
     })
-}
-
-/// The miner's decision on a frame, and the scores to upload when the frame goes to the cloud; with the time taken.
-fn mine(
-    output: &EdgeOutput,
-    collaborate: Collaborate,
-    cloud_available: bool,
-    miner: &SharedMiner,
-) -> Result<(Decision, Option<Upload>, f64), ApiError> {
-    let mining_start = Instant::now();
-    let dims = Dims::new(
-        output.classes,
-        output.score_height as usize,
-        output.score_width as usize,
-    );
-    let decision = {
-        let mut miner_guard = miner
-            .miner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now_ms = miner.started.elapsed().as_millis() as u64;
-        let decision = miner_guard
-            .decide(&output.probabilities, dims, now_ms)
-            .map_err(|e| ApiError::Inference(format!("mining: {e}")))?;
-        metrics::upload_ratio(miner_guard.stats().upload_ratio());
-        decision
-    };
-    let wants_cloud = match collaborate {
-        Collaborate::Auto => decision.hard,
-        Collaborate::Always => true,
-        Collaborate::Never => false,
-    };
-    let upload = (wants_cloud && cloud_available).then(|| {
-        let shape = QuantisedScores {
-            classes: output.classes as u32,
-            height: wire::UPLOAD_SCORES_HEIGHT,
-            width: wire::UPLOAD_SCORES_WIDTH,
-        };
-        let pooled = downsample_scores(
-            &output.probabilities,
-            dims,
-            wire::UPLOAD_SCORES_HEIGHT,
-            wire::UPLOAD_SCORES_WIDTH,
-        );
-        Upload {
-            scores: wire::quantise(&pooled),
-            shape,
-            image: None,
-        }
-    });
-    Ok((decision, upload, ms_since(mining_start)))
 }
 
 /// Encodes a label map, and an overlay on `overlay_on` when given, and counts pixels per class.
