@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use image::RgbImage;
 use models::SessionConfig;
@@ -13,8 +13,8 @@ use models::dataset::Sample;
 use models::edge::EdgeOutput;
 use models::image_ops::{decode_label_png, encode_label_png};
 use models::paths::models_dir;
-use models::sam::{GeneratorConfig, Guidance, PromptMode, SamModel};
-use sam_core::{ConfidentVoteParams, FusionRule, fuse};
+use models::sam::{GeneratorConfig, Guidance, Prompting, SamModel};
+use sam_core::{FusionRule, fuse};
 use serde::{Deserialize, Serialize};
 
 #[derive(Args, Debug)]
@@ -49,35 +49,25 @@ impl Default for RefinementSettings {
 
 impl RefinementSettings {
     fn generator(&self) -> Result<GeneratorConfig> {
-        let batch_size = 16;
-        let prompting = match self.prompting.as_str() {
-            "grid" => PromptMode::Grid,
-            "adaptive" => PromptMode::Adaptive {
-                max_prompts: self.max_prompts,
-                batch_size,
-            },
-            "guided" => PromptMode::Guided {
-                max_prompts: self.max_prompts,
-                batch_size,
-                min_uncertainty: 0.1,
-            },
-            other => bail!("prompt mode `{other}` is unknown (grid, adaptive or guided)"),
-        };
-        Ok(GeneratorConfig {
-            points_per_side: self.points_per_side,
+        let prompting = Prompting::from_name(&self.prompting).with_context(|| {
+            format!(
+                "prompt mode `{}` is unknown (grid, adaptive or guided)",
+                self.prompting
+            )
+        })?;
+        Ok(GeneratorConfig::refinement(
             prompting,
-            ..GeneratorConfig::default()
-        })
+            self.points_per_side,
+            self.max_prompts,
+        ))
     }
 
     fn fusion_rule(&self) -> Result<FusionRule> {
-        Ok(match self.fusion.as_str() {
-            "ssa-vote" => FusionRule::SsaVote,
-            "logit-sum" => FusionRule::LogitSum,
-            "confident-vote" => FusionRule::ConfidentVote(ConfidentVoteParams::default()),
-            other => {
-                bail!("fusion rule `{other}` is unknown (ssa-vote, logit-sum or confident-vote)")
-            }
+        FusionRule::from_name(&self.fusion).with_context(|| {
+            format!(
+                "fusion rule `{}` is unknown (ssa-vote, logit-sum or confident-vote)",
+                self.fusion
+            )
         })
     }
 

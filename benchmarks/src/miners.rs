@@ -13,7 +13,6 @@ use clap::Args;
 use hard_example::{
     CrossEntropy, Dims, IanvsConfidence, LeastConfidence, Margin, RareClassWeighted, Scorer,
 };
-use models::dataset::read_index;
 use models::metrics::ConfusionMatrix;
 use models::{EdgeModel, SessionConfig};
 use rand::SeedableRng;
@@ -22,6 +21,7 @@ use rand::seq::SliceRandom;
 
 use crate::cloud_labels::{CloudArgs, CloudLabeller};
 use crate::report;
+use crate::run::test_frames;
 
 #[derive(Args)]
 pub struct MinersArgs {
@@ -97,15 +97,9 @@ fn evaluate_split(
     index: &Path,
     max_frames: usize,
 ) -> Result<Vec<FrameResult>> {
-    let samples = read_index(index, None)?;
-    let step = if max_frames == 0 {
-        1
-    } else {
-        samples.len().div_ceil(max_frames)
-    };
     let classes = model.num_classes();
     let mut results = Vec::new();
-    for sample in samples.iter().step_by(step.max(1)) {
+    for sample in &test_frames(index, max_frames)? {
         let (image, truth) = sample.load_labelled()?;
         let edge = model.segment(&image)?;
         let dims = Dims::new(

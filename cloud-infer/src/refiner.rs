@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use image::RgbImage;
 use models::SessionConfig;
-use models::sam::{GeneratorConfig, PromptMode, SamModel};
+use models::sam::{GeneratorConfig, Prompting, SamModel};
 use sam_core::{ClassScores, ConfidentVoteParams, FusionRule, fuse};
 use serde::Serialize;
 use wire::ModelRef;
@@ -89,26 +89,12 @@ pub struct SamSettings {
 
 impl SamSettings {
     fn generator(&self) -> GeneratorConfig {
-        let defaults = GeneratorConfig::default();
-        // Budgeted modes decide after each batch which points are still worth asking: small batches waste less.
-        let batch_size = 16;
         let prompting = match self.prompt_mode {
-            PromptModeArg::Grid => PromptMode::Grid,
-            PromptModeArg::Adaptive => PromptMode::Adaptive {
-                max_prompts: self.max_prompts,
-                batch_size,
-            },
-            PromptModeArg::Guided => PromptMode::Guided {
-                max_prompts: self.max_prompts,
-                batch_size,
-                min_uncertainty: 0.1,
-            },
+            PromptModeArg::Grid => Prompting::Grid,
+            PromptModeArg::Adaptive => Prompting::Adaptive,
+            PromptModeArg::Guided => Prompting::Guided,
         };
-        GeneratorConfig {
-            points_per_side: self.points_per_side,
-            prompting,
-            ..defaults
-        }
+        GeneratorConfig::refinement(prompting, self.points_per_side, self.max_prompts)
     }
 }
 

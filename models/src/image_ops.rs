@@ -94,7 +94,11 @@ pub fn to_input_tensor(image: &RgbImage, spec: &InputSpec) -> (Array4<f32>, Lett
     let plane = (spec.height * spec.width) as usize;
     let data = tensor.as_slice_mut().expect("fresh array is contiguous");
     let row = spec.width as usize;
-    let gain = spec.exposure_gain(mean_value(source));
+    // The brightness pass only when the model asks for exposure normalisation: this runs on every frame.
+    let gain = match spec.exposure {
+        Some(_) => spec.exposure_gain(mean_value(source)),
+        None => 1.0,
+    };
     for (x, y, pixel) in source.enumerate_pixels() {
         let offset = y as usize * row + x as usize;
         for c in 0..3 {

@@ -119,15 +119,45 @@ impl Default for GeneratorConfig {
     }
 }
 
+/// The prompting choices the services offer (cloud-infer `--prompt-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prompting {
+    Grid,
+    Adaptive,
+    Guided,
+}
+
+impl Prompting {
+    /// `grid`, `adaptive` or `guided`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "grid" => Some(Self::Grid),
+            "adaptive" => Some(Self::Adaptive),
+            "guided" => Some(Self::Guided),
+            _ => None,
+        }
+    }
+}
+
 impl GeneratorConfig {
-    /// The cloud refinement preset: SAM's thresholds, guided prompting over the 32x32 grid with 48 prompts in
-    /// batches of 16, skipping cells where the edge is sure. About 2-3 s per frame on 2 cores, encoder included.
-    pub fn guided_refinement() -> Self {
+    /// The cloud refinement settings: SAM's thresholds and `prompting` over a `points_per_side` grid. The budgeted
+    /// modes ask at most `max_prompts` in batches of 16 (they decide after each batch which points are still worth
+    /// asking, so small batches waste less); guided skips cells where the edge is sure.
+    pub fn refinement(prompting: Prompting, points_per_side: usize, max_prompts: usize) -> Self {
+        let batch_size = 16;
         Self {
-            prompting: PromptMode::Guided {
-                max_prompts: 48,
-                batch_size: 16,
-                min_uncertainty: 0.1,
+            points_per_side,
+            prompting: match prompting {
+                Prompting::Grid => PromptMode::Grid,
+                Prompting::Adaptive => PromptMode::Adaptive {
+                    max_prompts,
+                    batch_size,
+                },
+                Prompting::Guided => PromptMode::Guided {
+                    max_prompts,
+                    batch_size,
+                    min_uncertainty: 0.1,
+                },
             },
             ..Self::default()
         }

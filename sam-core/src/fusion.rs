@@ -117,6 +117,16 @@ pub enum FusionRule {
 }
 
 impl FusionRule {
+    /// `ssa-vote`, `logit-sum` or `confident-vote` (with its default parameters).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "ssa-vote" => Some(FusionRule::SsaVote),
+            "logit-sum" => Some(FusionRule::LogitSum),
+            "confident-vote" => Some(FusionRule::ConfidentVote(ConfidentVoteParams::default())),
+            _ => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             FusionRule::SsaVote => "ssa-vote",
