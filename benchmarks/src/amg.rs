@@ -9,15 +9,16 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::ValueEnum;
+use models::SessionConfig;
 use models::evaluation::median;
 use models::metrics::ConfusionMatrix;
-use models::paths::{camvid_dir, edge_model_dir, models_dir};
+use models::paths::{camvid_dir, models_dir};
 use models::sam::{GeneratorConfig, Guidance, PromptMode, SamModel};
-use models::{EdgeModel, SessionConfig};
 use sam_core::{ConfidentVoteParams, FusionRule, fuse, fuse_oracle};
 use serde::Deserialize;
 
 use crate::report::{cpu_load_note, replace_readme_section};
+use crate::segmenter::{EDGE_SEGMENTER, Segmenter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Mode {
@@ -37,7 +38,12 @@ pub struct Args {
     /// Use only the first N frames.
     #[arg(long)]
     frames: Option<usize>,
-    /// Edge model directory (default: `EDGE_MODEL_DIR`, else models/edge/current).
+    /// The edge model whose scores guide and get fused: `edge-segmenter` (ours) or `cityscapes-baseline` (the
+    /// Cityscapes DeepLab the issue's reference figures used, from `$SHARED_DIR`).
+    #[arg(long, default_value = EDGE_SEGMENTER)]
+    basemodel: String,
+    /// Edge model directory or baseline ONNX file (default: `EDGE_MODEL_DIR` or models/edge/current; the
+    /// baseline's file under `$SHARED_DIR`).
     #[arg(long)]
     edge_model: Option<PathBuf>,
     #[arg(long, default_value_os_t = models_dir().join("mobilesam"))]
@@ -47,9 +53,9 @@ pub struct Args {
     /// Grid density of every mode (the budgeted modes walk the same grid).
     #[arg(long, default_value_t = 32)]
     points_per_side: usize,
-    /// Prompt budget of the adaptive and guided modes.
-    #[arg(long, default_value_t = 48)]
-    budget: usize,
+    /// Prompt budgets of the adaptive and guided modes (comma-separated: one row group per budget).
+    #[arg(long, value_delimiter = ',', default_values_t = [48])]
+    budgets: Vec<usize>,
     /// Decoder batch of the adaptive and guided modes (smaller batches skip more covered points).
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
@@ -69,7 +75,7 @@ pub struct Args {
     /// The JSON scripts/bench_pytorch_amg.py writes (reads `seconds_per_frame`).
     #[arg(long)]
     pytorch_json: Option<PathBuf>,
-    /// README whose `amg` section receives the table.
+    /// README whose `amg-<basemodel>` section receives the table.
     #[arg(long, default_value = "benchmarks/README.md")]
     readme: PathBuf,
     /// Print only, leave the README alone.
@@ -82,7 +88,28 @@ struct PytorchTiming {
     seconds_per_frame: f64,
 }
 
-/// Everything measured for one prompting mode.
+/// A prompting mode and, for the budgeted modes, its prompt budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Variant {
+    mode: Mode,
+    budget: Option<usize>,
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.budget {
+            Some(budget) => write!(f, "{:?} {budget}", self.mode),
+            None => write!(f, "{:?}", self.mode),
+        }
+    }
+}
+
+const GRID: Variant = Variant {
+    mode: Mode::Grid,
+    budget: None,
+};
+
+/// Everything measured for one prompting variant.
 struct ModeStats {
     encoder_s: Vec<f64>,
     decoder_s: Vec<f64>,
@@ -109,15 +136,17 @@ fn mean_usize(values: &[usize]) -> f64 {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let load_before = cpu_load_note();
-    let edge_dir = args.edge_model.clone().unwrap_or_else(edge_model_dir);
     let mut samples = models::dataset::read_index(&args.index, None)?;
     if let Some(n) = args.frames {
         samples.truncate(n);
     }
-    let edge = EdgeModel::load(&edge_dir, SessionConfig::default())
-        .with_context(|| format!("loading the edge model {}", edge_dir.display()))?;
+    let edge = Segmenter::load(
+        &args.basemodel,
+        args.edge_model.as_deref(),
+        SessionConfig::default().intra_threads,
+    )?;
     let sam = SamModel::load(&args.sam_model, SessionConfig::default())?;
-    let classes = edge.num_classes();
+    let classes = edge.classes().len();
     let mut rules = vec![FusionRule::SsaVote, FusionRule::LogitSum];
     for &min_purity in &args.min_purity {
         for &keep_confidence in &args.keep_confidence {
@@ -127,12 +156,24 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             }));
         }
     }
-    let mut modes: Vec<Mode> = args.modes.clone();
-    modes.sort();
-    modes.dedup();
-    let mut stats: BTreeMap<Mode, ModeStats> = modes
+    let variants: Vec<Variant> = args
+        .modes
         .iter()
-        .map(|&m| {
+        .flat_map(|&mode| match mode {
+            Mode::Grid => vec![Variant { mode, budget: None }],
+            _ => args
+                .budgets
+                .iter()
+                .map(|&b| Variant {
+                    mode,
+                    budget: Some(b),
+                })
+                .collect(),
+        })
+        .collect();
+    let mut stats: BTreeMap<Variant, ModeStats> = variants
+        .iter()
+        .map(|&v| {
             let s = ModeStats {
                 encoder_s: Vec::new(),
                 decoder_s: Vec::new(),
@@ -146,7 +187,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     .collect(),
                 oracle: ConfusionMatrix::new(classes),
             };
-            (m, s)
+            (v, s)
         })
         .collect();
     let mut edge_matrix = ConfusionMatrix::new(classes);
@@ -163,17 +204,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         .resized_nearest(width, height);
         let embedding = sam.embed(&image)?;
-        for (&mode, s) in stats.iter_mut() {
+        for (&variant, s) in stats.iter_mut() {
+            let max_prompts = variant.budget.unwrap_or(0);
             let config = GeneratorConfig {
                 points_per_side: args.points_per_side,
-                prompting: match mode {
+                prompting: match variant.mode {
                     Mode::Grid => PromptMode::Grid,
                     Mode::Adaptive => PromptMode::Adaptive {
-                        max_prompts: args.budget,
+                        max_prompts,
                         batch_size: args.batch_size,
                     },
                     Mode::Guided => PromptMode::Guided {
-                        max_prompts: args.budget,
+                        max_prompts,
                         batch_size: args.batch_size,
                         min_uncertainty: args.min_uncertainty,
                     },
@@ -203,11 +245,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 ),
             );
             eprintln!(
-                "[{}/{}] {} {:?}: {} masks, {} prompts, encoder {:.2} s, decoder {:.2} s",
+                "[{}/{}] {} {variant}: {} masks, {} prompts, encoder {:.2} s, decoder {:.2} s",
                 i + 1,
                 samples.len(),
                 sample.name(),
-                mode,
                 generated.masks.len(),
                 generated.prompts_used,
                 embedding.encoder_ms / 1e3,
@@ -229,7 +270,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         &rules,
         &edge_matrix,
         samples.len(),
-        &edge_dir,
+        &edge,
         pytorch,
     );
     let body = format!(
@@ -238,8 +279,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     println!("{body}");
     if !args.no_readme {
-        replace_readme_section(&args.readme, "amg", &body)?;
-        eprintln!("wrote the amg section of {}", args.readme.display());
+        let section = format!("amg-{}", args.basemodel);
+        replace_readme_section(&args.readme, &section, &body)?;
+        eprintln!("wrote the {section} section of {}", args.readme.display());
     }
     Ok(())
 }
@@ -271,37 +313,37 @@ struct Row {
 
 fn render(
     args: &Args,
-    stats: &BTreeMap<Mode, ModeStats>,
+    stats: &BTreeMap<Variant, ModeStats>,
     rules: &[FusionRule],
     edge_matrix: &ConfusionMatrix,
     frames: usize,
-    edge_dir: &std::path::Path,
+    edge: &Segmenter,
     pytorch: Option<f64>,
 ) -> String {
     let edge_miou = edge_matrix.scores().miou;
     let command: Vec<String> = std::env::args().skip(1).collect();
     let mut out = format!(
         "Command (from the repository root): `cargo run --release -p benchmarks -- {}`\n\n\
-         {frames} frames of `{}`, edge model `{}`, {}x{} grid, budget {} prompts (batches of {}) for adaptive/guided, \
+         {frames} frames of `{}`, edge model {} {}, {}x{} grid, adaptive/guided budgets as named (batches of {}), \
          guided min uncertainty {}, SAM thresholds at their defaults. Seconds are means per frame; total = encoder + \
          decoder + post-processing + fusion (median in brackets). Edge-only mIoU **{edge_miou:.3}**.\n\n\
          | prompting | rule | mIoU | gain vs edge | share of grid gain | masks/frame | prompts/frame | decoder calls/frame | encoder s | decoder s | post s | fusion ms | total s |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         command.join(" "),
         args.index.display(),
-        edge_dir.display(),
+        edge.identity().0,
+        edge.identity().1,
         args.points_per_side,
         args.points_per_side,
-        args.budget,
         args.batch_size,
         args.min_uncertainty,
     );
     let grid_gain = |rule: usize| {
         stats
-            .get(&Mode::Grid)
+            .get(&GRID)
             .map(|g| g.rules[rule].0.scores().miou - edge_miou)
     };
-    for (mode, s) in stats {
+    for (variant, s) in stats {
         let generation: Vec<f64> = (0..s.encoder_s.len())
             .map(|f| s.encoder_s[f] + s.decoder_s[f] + s.post_s[f])
             .collect();
@@ -340,7 +382,7 @@ fn render(
         } in rows
         {
             out += &format!(
-                "| {mode:?} | {name} | {miou:.3} | {:+.3} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {fusion_ms:.1} | {:.2} ({:.2}) |\n",
+                "| {variant} | {name} | {miou:.3} | {:+.3} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {fusion_ms:.1} | {:.2} ({:.2}) |\n",
                 miou - edge_miou,
                 share.map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
                 mean_usize(&s.masks),
@@ -354,7 +396,7 @@ fn render(
             );
         }
     }
-    if let (Some(seconds), Some(grid)) = (pytorch, stats.get(&Mode::Grid)) {
+    if let (Some(seconds), Some(grid)) = (pytorch, stats.get(&GRID)) {
         let ours = mean(&grid.encoder_s) + mean(&grid.decoder_s) + mean(&grid.post_s);
         out += &format!(
             "\nPyTorch `SamAutomaticMaskGenerator` at the same settings: {seconds:.1} s/frame; this Rust grid mode: \

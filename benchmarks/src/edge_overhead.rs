@@ -1,11 +1,12 @@
 //! `benchmarks edge-overhead`: what the edge service costs on top of the model, on the same frames and threads.
 //!
-//! 1. Raw: ONNX Runtime `Session::run` alone on preprocessed tensors, and the whole in-process pipeline (decode,
-//!    preprocess, run, softmax/argmax), sequentially.
-//! 2. Service: the release `edge-infer` binary started as its own process (no cloud), one client posting the
-//!    same PNG frames with `collaborate=never`, then several concurrent clients for throughput.
+//! - Raw: ONNX Runtime `Session::run` alone on preprocessed tensors, and the whole in-process pipeline (decode,
+//!   preprocess, run, softmax/argmax).
+//! - Service: the release `edge-infer` binary started as its own process (no cloud), posting the same PNG frames
+//!   with `collaborate=never`.
 //!
-//! The two phases never overlap, so they do not steal each other's cores.
+//! Latency alternates the three paths frame by frame (one at a time, so they never steal each other's cores, and
+//! load changes hit all alike); throughput runs each path alone, the service with several concurrent clients.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -21,6 +22,7 @@ use models::image_ops::{decode_rgb, to_input_tensor};
 use models::{EdgeModel, SessionConfig};
 
 use crate::report;
+use crate::run::percentile;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -31,11 +33,14 @@ pub struct Args {
     /// Distinct frames used (each is sent `rounds` times).
     #[arg(long, default_value_t = 10)]
     frames: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 20)]
     rounds: usize,
     /// ONNX Runtime intra-op threads, for both the raw runs and the service.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// ONNX Runtime thread spinning, for both the raw runs and the service (edge-infer's `--ort-spinning`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    ort_spinning: bool,
     /// Concurrent clients in the throughput phase.
     #[arg(long, default_value_t = 4)]
     clients: usize,
@@ -75,10 +80,9 @@ pub fn run(args: &Args) -> Result<()> {
     let session = SessionConfig {
         intra_threads: args.threads,
         inter_threads: 1,
+        spinning: args.ort_spinning,
     };
     let model = EdgeModel::load(&args.model, session)?;
-
-    // Raw model and raw pipeline, sequential.
     let images: Vec<_> = pngs
         .iter()
         .map(|p| decode_rgb(p, u64::MAX))
@@ -87,25 +91,7 @@ pub fn run(args: &Args) -> Result<()> {
         .iter()
         .map(|i| to_input_tensor(i, &model.manifest().input).0)
         .collect();
-    model.logits(&tensors[0])?; // warm-up
-    let mut raw_model = Vec::new();
-    let mut raw_pipeline = Vec::new();
-    for _ in 0..args.rounds {
-        for (png, tensor) in pngs.iter().zip(&tensors) {
-            let start = Instant::now();
-            model.logits(tensor)?;
-            raw_model.push(ms(start.elapsed()));
-            let start = Instant::now();
-            let image = decode_rgb(png, u64::MAX)?;
-            model.segment(&image)?;
-            raw_pipeline.push(ms(start.elapsed()));
-        }
-    }
-    let raw_throughput = throughput_raw(&model, &tensors, args.seconds)?;
-    let pipeline_throughput = throughput_pipeline(&model, &pngs, args.seconds)?;
-    drop(model);
 
-    // The service as its own process.
     let server = KillOnDrop(
         Command::new(&args.edge_binary)
             .args(["serve", "--listen", &args.listen, "--queue-size", "64"])
@@ -113,6 +99,8 @@ pub fn run(args: &Args) -> Result<()> {
             .arg(&args.model)
             .arg("--intra-threads")
             .arg(args.threads.to_string())
+            .arg("--ort-spinning")
+            .arg(args.ort_spinning.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -129,70 +117,169 @@ pub fn run(args: &Args) -> Result<()> {
         .build()?;
     wait_ready(&client, &base)?;
     let url = format!("{base}/v1/segment?collaborate=never");
-    post(&client, &url, &pngs[0])?; // warm-up
-    let mut service = Vec::new();
-    let mut service_model = Vec::new();
+
+    // Latency: the three paths interleaved frame by frame, so a change in machine load hits all of them alike.
+    model.logits(&tensors[0])?;
+    post(&client, &url, &pngs[0])?;
+    let mut samples = Samples::default();
     for _ in 0..args.rounds {
-        for png in &pngs {
+        for (png, tensor) in pngs.iter().zip(&tensors) {
+            let start = Instant::now();
+            model.logits(tensor)?;
+            samples.raw_model.push(ms(start.elapsed()));
+            let start = Instant::now();
+            model.segment(&decode_rgb(png, u64::MAX)?)?;
+            samples.raw_pipeline.push(ms(start.elapsed()));
             let start = Instant::now();
             let body = post(&client, &url, png)?;
-            service.push(ms(start.elapsed()));
-            if let Some(inference) = body["timings"]["inference_ms"].as_f64() {
-                service_model.push(inference);
-            }
+            samples.service.push(ms(start.elapsed()));
+            samples.add_stages(&body["timings"]);
         }
     }
+
+    // Throughput: each path alone for the same time (the idle side's threads sleep meanwhile).
+    let raw_throughput = throughput_raw(&model, &tensors, args.seconds)?;
+    let pipeline_throughput = throughput_pipeline(&model, &pngs, args.seconds)?;
     let service_throughput = throughput_http(&url, &pngs, args.clients, args.seconds)?;
     drop(server);
 
-    let (raw_med, pipe_med, http_med) =
-        (median(&raw_model), median(&raw_pipeline), median(&service));
-    let table = format!(
-        "Command: `benchmarks edge-overhead --frames {} --rounds {} --threads {} --clients {} --seconds {}` \
-         (edge model {}, 480x360 CamVid day-val PNGs; {}).\n\n\
-         | path | median ms | p95 ms | vs raw model |\n|---|---|---|---|\n\
-         | raw ONNX Runtime `run` (preprocessed tensor) | {raw_med:.1} | {:.1} | 1.00 |\n\
-         | raw pipeline in-process (decode, preprocess, run, softmax/argmax) | {pipe_med:.1} | {:.1} | {:.2} |\n\
-         | service: model time it reports (`timings.inference_ms`) | {:.1} | {:.1} | {:.2} |\n\
-         | service: full `POST /v1/segment` round trip, JSON answer | {http_med:.1} | {:.1} | {:.2} |\n\n\
-         Service overhead over the raw pipeline at the median: {:.1}% (goal <= 5% of the model time: {:.1}%).\n\n\
-         | throughput | frames/s |\n|---|---|\n| raw model, sequential | {raw_throughput:.2} |\n\
-         | raw pipeline, sequential | {pipeline_throughput:.2} |\n\
-         | service, {} concurrent clients | {service_throughput:.2} ({:.0}% of the raw pipeline, {:.0}% of the raw model) |\n",
-        args.frames,
-        args.rounds,
-        args.threads,
-        args.clients,
-        args.seconds,
-        args.model.display(),
-        report::cpu_load_note(),
-        percentile(&raw_model, 0.95),
-        percentile(&raw_pipeline, 0.95),
-        pipe_med / raw_med,
-        median(&service_model),
-        percentile(&service_model, 0.95),
-        median(&service_model) / raw_med,
-        percentile(&service, 0.95),
-        http_med / raw_med,
-        (http_med - pipe_med) / pipe_med * 100.0,
-        (http_med - pipe_med) / raw_med * 100.0,
-        args.clients,
-        service_throughput / pipeline_throughput * 100.0,
-        service_throughput / raw_throughput * 100.0,
+    let table = render(
+        args,
+        &samples,
+        raw_throughput,
+        pipeline_throughput,
+        service_throughput,
     );
     println!("{table}");
     report::replace_readme_section(&args.readme, "edge-overhead", &table)?;
     Ok(())
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+/// Milliseconds per request of each path, and of each stage the service reports.
+#[derive(Default)]
+struct Samples {
+    raw_model: Vec<f64>,
+    raw_pipeline: Vec<f64>,
+    service: Vec<f64>,
+    /// The service's own `timings` per stage, in [`SERVICE_STAGES`] order.
+    stages: [Vec<f64>; SERVICE_STAGES.len()],
 }
 
-fn percentile(values: &[f64], q: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+/// The stages of the service's `timings` object that make up its edge path.
+const SERVICE_STAGES: [&str; 7] = [
+    "decode_ms",
+    "queue_ms",
+    "preprocess_ms",
+    "inference_ms",
+    "postprocess_ms",
+    "mining_ms",
+    "render_ms",
+];
+/// The stages the raw pipeline does too (decode, preprocess, run, softmax/argmax), as indices into
+/// [`SERVICE_STAGES`]; everything else in the round trip is what the service adds.
+const PIPELINE_STAGES: [usize; 4] = [0, 2, 3, 4];
+
+impl Samples {
+    fn add_stages(&mut self, timings: &serde_json::Value) {
+        for (stage, values) in SERVICE_STAGES.iter().zip(&mut self.stages) {
+            values.push(timings[stage].as_f64().unwrap_or(f64::NAN));
+        }
+    }
+
+    /// Per request: its round trip minus the pipeline stages the server timed inside that same request (queueing,
+    /// mining, rendering, HTTP and JSON remain). Unlike a comparison with the raw runs, this is immune to the model
+    /// run itself varying by a few ms from one run to the next on this VM.
+    fn service_overhead(&self) -> Vec<f64> {
+        self.service
+            .iter()
+            .enumerate()
+            .map(|(i, total)| {
+                total
+                    - PIPELINE_STAGES
+                        .iter()
+                        .map(|&s| self.stages[s][i])
+                        .sum::<f64>()
+            })
+            .collect()
+    }
+}
+
+fn render(
+    args: &Args,
+    samples: &Samples,
+    raw_throughput: f64,
+    pipeline_throughput: f64,
+    service_throughput: f64,
+) -> String {
+    let raw_med = median(&samples.raw_model);
+    let pipe_med = median(&samples.raw_pipeline);
+    let http_med = median(&samples.service);
+    let overhead = median(&samples.service_overhead());
+    let row = |name: &str, values: &[f64]| {
+        format!(
+            "| {name} | {:.2} | {:.2} | {:.2} |\n",
+            median(values),
+            percentile(values, 95.0),
+            median(values) / raw_med
+        )
+    };
+    let mut out = format!(
+        "Command: `cargo run --release -p benchmarks -- edge-overhead --frames {} --rounds {} --threads {} \
+         --ort-spinning {} --clients {} --seconds {}` (edge model {}, 480x360 CamVid day-val PNGs; the raw paths and \
+         the service alternate frame by frame; {}).\n\n\
+         | path | median ms | p95 ms | vs raw model |\n|---|---|---|---|\n",
+        args.frames,
+        args.rounds,
+        args.threads,
+        args.ort_spinning,
+        args.clients,
+        args.seconds,
+        args.model.display(),
+        report::cpu_load_note(),
+    );
+    out += &row(
+        "raw ONNX Runtime `run` (preprocessed tensor)",
+        &samples.raw_model,
+    );
+    out += &row(
+        "raw pipeline in-process (decode, preprocess, run, softmax/argmax)",
+        &samples.raw_pipeline,
+    );
+    out += &row(
+        "service: full `POST /v1/segment` round trip, JSON answer",
+        &samples.service,
+    );
+    out += "\nWhere the service's time goes (its own `timings`, medians; the rest is HTTP, JSON and the hand-over \
+            between the async and inference threads):\n\n| stage | median ms |\n|---|---|\n";
+    let mut accounted = 0.0;
+    for (stage, values) in SERVICE_STAGES.iter().zip(&samples.stages) {
+        let value = median(values);
+        accounted += value;
+        out += &format!("| {} | {value:.2} |\n", stage.trim_end_matches("_ms"));
+    }
+    out += &format!(
+        "| rest of the round trip | {:.2} |\n\n",
+        http_med - accounted
+    );
+    out += &format!(
+        "Service overhead (per request: round trip minus the decode, preprocess, inference and softmax/argmax the \
+         server timed in it; median): **{overhead:.2} ms = {:.1}% of the raw model time** (goal <= 5%). Difference of \
+         the round trip's and the raw pipeline's medians: {:.2} ms.\n\n\
+         | throughput | frames/s |\n|---|---|\n| raw model, sequential | {raw_throughput:.2} |\n\
+         | raw pipeline, sequential | {pipeline_throughput:.2} |\n\
+         | service, {} concurrent clients | {service_throughput:.2} ({:.0}% of the raw pipeline, {:.0}% of the raw \
+         model) |\n",
+        overhead / raw_med * 100.0,
+        http_med - pipe_med,
+        args.clients,
+        service_throughput / pipeline_throughput * 100.0,
+        service_throughput / raw_throughput * 100.0,
+    );
+    out
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 fn wait_ready(client: &reqwest::blocking::Client, base: &str) -> Result<()> {

@@ -7,6 +7,7 @@ mod edge_overhead;
 mod miners;
 mod report;
 mod run;
+mod segmenter;
 
 use clap::{Parser, Subcommand};
 

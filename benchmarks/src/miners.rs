@@ -21,7 +21,7 @@ use rand::seq::SliceRandom;
 
 use crate::cloud_labels::{CloudArgs, CloudLabeller};
 use crate::report;
-use crate::run::test_frames;
+use crate::run::{percentile, test_frames};
 
 #[derive(Args)]
 pub struct MinersArgs {
@@ -200,13 +200,14 @@ fn split_table(
     let all = collaborative_miou(frames, &vec![true; n]);
     let mut out = format!(
         "### {} ({n} frames)\n\nedge only mIoU {none:.4}; cloud on every frame {all:.4}\n\n\
-         | selection | Spearman(hardness, edge error) | mIoU @10% | mIoU @20% | mIoU @30% |\n|---|---|---|---|---|\n",
+         | selection | score p10 / p50 / p90 | Spearman(hardness, edge error) | mIoU @10% | mIoU @20% | mIoU @30% |\n\
+         |---|---|---|---|---|---|\n",
         index
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default()
     );
-    let row = |name: &str, rho: Option<f64>, hardness: &[f64]| {
+    let row = |name: &str, quantiles: &str, rho: Option<f64>, hardness: &[f64]| {
         let cells: Vec<String> = RATIOS
             .iter()
             .map(|r| {
@@ -218,14 +219,26 @@ fn split_table(
             })
             .collect();
         let rho = rho.map_or("-".to_string(), |r| format!("{r:.3}"));
-        format!("| {name} | {rho} | {} |\n", cells.join(" | "))
+        format!("| {name} | {quantiles} | {rho} | {} |\n", cells.join(" | "))
     };
     for (i, (name, _)) in scorers.iter().enumerate() {
         let hardness: Vec<f64> = frames
             .iter()
             .map(|f| 1.0 - f64::from(f.scores[i]))
             .collect();
-        out.push_str(&row(name, Some(spearman(&hardness, &errors)), &hardness));
+        let scores: Vec<f64> = frames.iter().map(|f| f64::from(f.scores[i])).collect();
+        let quantiles = format!(
+            "{:.3} / {:.3} / {:.3}",
+            percentile(&scores, 10.0),
+            percentile(&scores, 50.0),
+            percentile(&scores, 90.0)
+        );
+        out.push_str(&row(
+            name,
+            &quantiles,
+            Some(spearman(&hardness, &errors)),
+            &hardness,
+        ));
     }
     let random: Vec<String> = RATIOS
         .iter()
@@ -247,10 +260,10 @@ fn split_table(
         })
         .collect();
     out.push_str(&format!(
-        "| random (mean of {RANDOM_DRAWS}) | - | {} |\n",
+        "| random (mean of {RANDOM_DRAWS}) | - | - | {} |\n",
         random.join(" | ")
     ));
-    out.push_str(&row("oracle (true edge error)", Some(1.0), &errors));
+    out.push_str(&row("oracle (true edge error)", "-", Some(1.0), &errors));
     out.push('\n');
     out
 }

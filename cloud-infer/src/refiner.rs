@@ -110,7 +110,7 @@ impl SamRefiner {
     pub fn load(dir: &Path, settings: SamSettings) -> Result<Self, RefinerError> {
         let session = SessionConfig {
             intra_threads: settings.threads.max(1),
-            inter_threads: 1,
+            ..SessionConfig::default()
         };
         let model = SamModel::load(dir, session)
             .map_err(|e| RefinerError(format!("loading {}: {e}", dir.display())))?;

@@ -323,13 +323,14 @@ async fn drain(request: Request, limit: usize) {
 fn png_response(segmented: Segmented) -> Response {
     let t = &segmented.timings;
     let timings = format!(
-        "decode={:.2},queue={:.2},preprocess={:.2},inference={:.2},postprocess={:.2},mining={:.2},cloud={:.2},total={:.2}",
+        "decode={:.2},queue={:.2},preprocess={:.2},inference={:.2},postprocess={:.2},mining={:.2},render={:.2},cloud={:.2},total={:.2}",
         t.decode_ms,
         t.queue_ms,
         t.preprocess_ms,
         t.inference_ms,
         t.postprocess_ms,
         t.mining_ms,
+        t.render_ms,
         t.cloud_ms,
         t.total_ms
     );

@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// ONNX Runtime threads per inference.
     #[arg(long, env = "EDGE_INTRA_THREADS", default_value_t = 2)]
     pub intra_threads: usize,
+    /// Let idle ONNX Runtime threads busy-wait between operators (faster model runs, but a core stays busy after
+    /// each run, slowing the answer's encoding and HTTP on a 2-core robot).
+    #[arg(long, env = "EDGE_ORT_SPINNING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ort_spinning: bool,
     /// Inference threads (each runs one frame at a time).
     #[arg(long, env = "EDGE_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
@@ -204,6 +208,7 @@ impl ServeArgs {
             session: SessionConfig {
                 intra_threads: self.intra_threads,
                 inter_threads: 1,
+                spinning: self.ort_spinning,
             },
             workers: usize::from(self.workers),
             queue_size: self.queue_size,

@@ -71,6 +71,7 @@ pub struct EdgeTimings {
     pub inference_ms: f64,
     pub postprocess_ms: f64,
     pub mining_ms: f64,
+    pub render_ms: f64,
 }
 
 /// The edge's complete answer to a frame; `upload` is set when the frame should go to the cloud.
@@ -159,7 +160,7 @@ pub fn process(
         job.overlay.then_some(&image),
         &model,
     )?;
-    let postprocess_ms = output.postprocess_ms + ms_since(render_start);
+    let render_ms = ms_since(render_start);
     let upload = upload.map(|upload| Upload {
         image: job.overlay.then_some(image),
         ..upload
@@ -179,8 +180,9 @@ pub fn process(
             queue_ms,
             preprocess_ms: output.preprocess_ms,
             inference_ms: output.inference_ms,
-            postprocess_ms,
+            postprocess_ms: output.postprocess_ms,
             mining_ms,
+            render_ms,
         },
         model,
     })

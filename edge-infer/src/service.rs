@@ -56,7 +56,8 @@ pub struct SegmentOptions {
     pub domain: Option<String>,
 }
 
-/// Milliseconds per stage; `cloud_ms` is 0 when the cloud was not asked.
+/// Milliseconds per stage; `cloud_ms` is 0 when the cloud was not asked. `postprocess_ms` is the model output's
+/// softmax and argmax, `render_ms` the encoding of the edge's label map (and overlay) and its class counts.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct Timings {
     pub decode_ms: f64,
@@ -65,12 +66,13 @@ pub struct Timings {
     pub inference_ms: f64,
     pub postprocess_ms: f64,
     pub mining_ms: f64,
+    pub render_ms: f64,
     pub cloud_ms: f64,
     pub total_ms: f64,
 }
 
 impl Timings {
-    fn stages(&self) -> [(&'static str, f64); 8] {
+    fn stages(&self) -> [(&'static str, f64); 9] {
         [
             ("decode", self.decode_ms),
             ("queue", self.queue_ms),
@@ -78,6 +80,7 @@ impl Timings {
             ("inference", self.inference_ms),
             ("postprocess", self.postprocess_ms),
             ("mining", self.mining_ms),
+            ("render", self.render_ms),
             ("cloud", self.cloud_ms),
             ("total", self.total_ms),
         ]
@@ -199,6 +202,7 @@ impl App {
             inference_ms: t.inference_ms,
             postprocess_ms: t.postprocess_ms,
             mining_ms: t.mining_ms,
+            render_ms: t.render_ms,
             cloud_ms,
             total_ms: frame::ms_since(received),
         };

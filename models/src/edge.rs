@@ -113,8 +113,9 @@ impl EdgeModel {
         let mut probabilities = self.logits(&input)?;
         let inferred = Instant::now();
         let classes = self.num_classes();
-        softmax_channels(&mut probabilities, classes);
+        // Labels from the logits (same argmax, and exact whatever the softmax's rounding).
         let model_labels = argmax_channels(&probabilities, classes);
+        softmax_channels(&mut probabilities, classes);
         let (width, height) = image.dimensions();
         let labels = if (width, height) == (spec.width, spec.height) {
             model_labels

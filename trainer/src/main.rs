@@ -247,7 +247,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         &args.model,
         SessionConfig {
             intra_threads: args.threads,
-            inter_threads: 1,
+            ..SessionConfig::default()
         },
     )?;
     let manifest = model.manifest();

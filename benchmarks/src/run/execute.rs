@@ -18,9 +18,9 @@ use models::paths::models_dir;
 use serde_json::{Map, Value as Json};
 
 use super::job::{Job, ModuleType, Paradigm, RunSpec};
-use super::segmenter::{EDGE_SEGMENTER, Segmenter};
 use super::{Args, OverlayFrame, RunResult, Tally, module_threads, overlay_indices, test_frames};
 use crate::cloud_labels::{CloudLabeller, RefinementSettings};
+use crate::segmenter::{EDGE_SEGMENTER, Segmenter};
 
 /// The simulated camera: one frame every 100 ms.
 const FRAME_INTERVAL_MS: u64 = 100;

@@ -31,8 +31,8 @@ use trainer::retrain_cli::{RetrainArgs, config as retrain_config};
 
 use super::execute::{build_miner, cloud_labeller};
 use super::job::{Job, ModuleType, RunSpec, TaskSpec, value_text};
-use super::segmenter::EDGE_SEGMENTER;
 use super::{Args, RunResult, test_frames};
+use crate::segmenter::EDGE_SEGMENTER;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AccuracyMatrix {

@@ -11,7 +11,6 @@ pub mod job;
 mod lifelong;
 mod plots;
 mod rank;
-mod segmenter;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
