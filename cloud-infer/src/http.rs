@@ -186,6 +186,25 @@ async fn refine_upload(
     if received_unix_ms > upload.meta.deadline_unix_ms {
         return Err(ApiError::DeadlineExpired);
     }
+    // From here on the work runs as its own task, so a frame the cloud accepted is refined and stored even when
+    // the edge stops waiting (a robot's deadline is often shorter than a refinement): the replay buffer still
+    // learns from it. Dropping the handle detaches the task rather than cancelling it.
+    let app = app.clone();
+    tokio::spawn(async move {
+        refine_and_store(&app, upload, image_extension, started, received_unix_ms).await
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the refinement task failed: {e}")))?
+}
+
+/// Refines an accepted upload and stores it in the replay buffer.
+async fn refine_and_store(
+    app: &AppState,
+    upload: Upload,
+    image_extension: &'static str,
+    started: Instant,
+    received_unix_ms: u64,
+) -> Result<RefineResponse, ApiError> {
     let refined = app
         .queue
         .refine(RefineRequest {

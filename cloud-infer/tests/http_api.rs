@@ -324,6 +324,44 @@ async fn a_deadline_passing_in_the_queue_drops_the_frame_and_a_full_queue_answer
 }
 
 #[tokio::test]
+async fn a_frame_is_refined_and_stored_after_the_edge_stopped_waiting() {
+    let (_dir, store) = temp_store();
+    let (started, started_rx) = mpsc::channel();
+    let (proceed, proceed_rx) = mpsc::channel();
+    let refiner = Box::new(EchoRefiner {
+        started: Some(started),
+        proceed: Some(Mutex::new(proceed_rx)),
+    });
+    let base = serve_with(refiner, 1, Arc::clone(&store)).await;
+
+    // The edge gives up while the refinement is still running (its deadline is shorter than the cloud's work).
+    let gave_up = client()
+        .post(format!("{base}/v1/refine"))
+        .multipart(valid_form("impatient", 20))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)).unwrap())
+        .await
+        .unwrap();
+    assert!(store.entries().unwrap().is_empty());
+    proceed.send(()).unwrap();
+
+    let mut stored = Vec::new();
+    for _ in 0..100 {
+        stored = store.entries().unwrap();
+        if !stored.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored.len(), 1, "the abandoned frame was not stored");
+    assert_eq!(stored[0].request_id, "impatient");
+}
+
+#[tokio::test]
 async fn not_ready_answers_503_with_retry_after() {
     let (_dir, store) = temp_store();
     let queue = RefineQueue::start(2, || Err(RefinerError("no model here".into())));
