@@ -40,7 +40,7 @@ impl Default for RefinementSettings {
     fn default() -> Self {
         Self {
             prompting: "guided".into(),
-            max_prompts: 48,
+            max_prompts: 96,
             points_per_side: 32,
             fusion: "confident-vote".into(),
         }

@@ -134,6 +134,10 @@ pub fn run(args: &Args) -> Result<()> {
             let body = post(&client, &url, png)?;
             samples.service.push(ms(start.elapsed()));
             samples.add_stages(&body["timings"]);
+            let start = Instant::now();
+            let health = client.get(format!("{base}/health")).send()?;
+            health.error_for_status()?.bytes()?;
+            samples.http_floor.push(ms(start.elapsed()));
         }
     }
 
@@ -161,6 +165,8 @@ struct Samples {
     raw_model: Vec<f64>,
     raw_pipeline: Vec<f64>,
     service: Vec<f64>,
+    /// `GET /health` round trips: what any HTTP exchange with the server costs on this machine.
+    http_floor: Vec<f64>,
     /// The service's own `timings` per stage, in [`SERVICE_STAGES`] order.
     stages: [Vec<f64>; SERVICE_STAGES.len()],
 }
@@ -264,13 +270,15 @@ fn render(
     out += &format!(
         "Service overhead (per request: round trip minus the decode, preprocess, inference and softmax/argmax the \
          server timed in it; median): **{overhead:.2} ms = {:.1}% of the raw model time** (goal <= 5%). Difference of \
-         the round trip's and the raw pipeline's medians: {:.2} ms.\n\n\
+         the round trip's and the raw pipeline's medians: {:.2} ms. For scale, an empty `GET /health` round trip to \
+         the same server takes {:.2} ms (median).\n\n\
          | throughput | frames/s |\n|---|---|\n| raw model, sequential | {raw_throughput:.2} |\n\
          | raw pipeline, sequential | {pipeline_throughput:.2} |\n\
          | service, {} concurrent clients | {service_throughput:.2} ({:.0}% of the raw pipeline, {:.0}% of the raw \
          model) |\n",
         overhead / raw_med * 100.0,
         http_med - pipe_med,
+        median(&samples.http_floor),
         args.clients,
         service_throughput / pipeline_throughput * 100.0,
         service_throughput / raw_throughput * 100.0,

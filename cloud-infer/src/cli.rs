@@ -97,9 +97,9 @@ pub struct ServeArgs {
     )]
     pub prompt_mode: PromptModeArg,
     /// Prompt budget per frame for the adaptive and guided modes.
-    /// 48 guided prompts take ~1.4 s; 96 take ~2.4 s and reach 97% of the full 32x32 grid's mIoU gain with the
-    /// Cityscapes baseline as the edge model (benchmarks/README.md, `amg`).
-    #[arg(long, env = "CLOUD_INFER_MAX_PROMPTS", default_value_t = 48)]
+    /// 96 guided prompts take ~2.4 s on 2 cores and reach 97% of the full 32x32 grid's mIoU gain with the Cityscapes
+    /// baseline as the edge model; 48 take ~1.4 s and reach 85% (benchmarks/README.md, `amg`).
+    #[arg(long, env = "CLOUD_INFER_MAX_PROMPTS", default_value_t = 96)]
     pub max_prompts: usize,
     #[arg(
         long,
