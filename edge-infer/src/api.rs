@@ -471,6 +471,8 @@ pub struct Info {
     pub protocol: &'static str,
     pub model: Option<ModelInfo>,
     pub model_dir: String,
+    /// The object-store registry followed, when one is.
+    pub model_registry_url: Option<String>,
     /// Seconds between checks for a new model; absent when hot updates are off.
     pub model_poll_secs: Option<u64>,
     /// Why the last model update was refused, while the refused files are in place.
@@ -556,6 +558,7 @@ async fn info(State(app): State<Arc<App>>) -> Json<Info> {
         protocol: wire::PROTOCOL_VERSION,
         model,
         model_dir: app.registry.dir().display().to_string(),
+        model_registry_url: app.model_mirror.as_ref().map(|m| m.url().to_string()),
         model_poll_secs: app.config.model_poll.map(|every| every.as_secs()),
         refused_update: app.registry.last_refused(),
         miner: MinerInfo {

@@ -46,6 +46,14 @@ pub struct ServeArgs {
     /// in without dropping requests; point a `current` symlink at a version directory or replace the files in place.
     #[arg(long, env = "EDGE_MODEL_DIR", default_value_os_t = models::paths::models_dir().join("edge/current"))]
     pub model_dir: PathBuf,
+    /// An object-store model registry to follow instead of `--model-dir` (`s3://bucket/prefix` with the usual `AWS_*`
+    /// variables, or `file:///dir`), as `trainer retrain run --registry-url` publishes it: before each check, the
+    /// version its `CURRENT` object names is copied into `--model-cache-dir` and served from there.
+    #[arg(long, env = "EDGE_MODEL_REGISTRY_URL", conflicts_with = "model_dir")]
+    pub model_registry_url: Option<String>,
+    /// Local copies of the registry's versions (with `--model-registry-url`).
+    #[arg(long, env = "EDGE_MODEL_CACHE_DIR", default_value_os_t = models::paths::workspace_root().join("runs/model-cache"))]
+    pub model_cache_dir: PathBuf,
     /// Seconds between checks of the model directory; 0 disables hot updates.
     #[arg(long, env = "EDGE_MODEL_POLL_SECS", default_value_t = 5)]
     pub model_poll_secs: u64,
@@ -138,7 +146,10 @@ impl FromStr for Secret {
 /// Everything the server needs, resolved and validated from [`ServeArgs`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The directory served (with a registry URL: the mirror's `current` link).
     pub model_dir: PathBuf,
+    /// Object-store registry URL and the local directory its current version is mirrored into.
+    pub model_registry: Option<(String, PathBuf)>,
     pub model_poll: Option<Duration>,
     pub session: SessionConfig,
     pub workers: usize,
@@ -203,8 +214,16 @@ impl ServeArgs {
                 cool_down: Duration::from_millis(self.breaker_cool_down_ms),
             },
         });
+        let (model_dir, model_registry) = match &self.model_registry_url {
+            Some(url) => (
+                self.model_cache_dir.join(object_registry::CURRENT_LINK),
+                Some((url.clone(), self.model_cache_dir.clone())),
+            ),
+            None => (self.model_dir.clone(), None),
+        };
         Ok(ServerConfig {
-            model_dir: self.model_dir.clone(),
+            model_dir,
+            model_registry,
             model_poll: (self.model_poll_secs > 0)
                 .then(|| Duration::from_secs(self.model_poll_secs)),
             session: SessionConfig {

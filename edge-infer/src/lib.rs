@@ -34,6 +34,7 @@ pub async fn serve(
     let app = App::new(config)?;
     let watcher = tokio::spawn(registry::watch(
         std::sync::Arc::clone(&app.registry),
+        app.model_mirror.clone(),
         app.config.model_poll,
     ));
     let served = axum::serve(listener, api::router(app))

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwapOption;
 use models::manifest::{ClassInfo, MANIFEST_FILE};
 use models::{EdgeModel, SessionConfig};
+use object_registry::{Mirrored, ObjectRegistry};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -183,10 +184,21 @@ impl ModelRegistry {
 }
 
 /// Polls the registry until the task is dropped: once at once (the initial load), then every `every`.
-pub async fn watch(registry: Arc<ModelRegistry>, every: Option<Duration>) {
+pub async fn watch(
+    registry: Arc<ModelRegistry>,
+    mirror: Option<Arc<ModelMirror>>,
+    every: Option<Duration>,
+) {
     loop {
         let polling = Arc::clone(&registry);
-        if let Err(error) = tokio::task::spawn_blocking(move || polling.poll()).await {
+        let mirror = mirror.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            if let Some(mirror) = mirror {
+                mirror.sync();
+            }
+            polling.poll()
+        });
+        if let Err(error) = checked.await {
             tracing::error!("model poll panicked: {error}");
         }
         // Without hot updates, keep retrying only until a first model is in.
@@ -196,6 +208,50 @@ pub async fn watch(registry: Arc<ModelRegistry>, every: Option<Duration>) {
             None => return,
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// An object-store registry whose current version is copied into a local directory before each poll; the
+/// directory watcher above then loads, verifies and swaps it in as for any other update.
+pub struct ModelMirror {
+    registry: ObjectRegistry,
+    root: PathBuf,
+}
+
+impl ModelMirror {
+    pub fn open(url: &str, root: PathBuf) -> Result<Self, object_registry::RegistryError> {
+        Ok(Self {
+            registry: ObjectRegistry::open(url)?,
+            root,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        self.registry.url()
+    }
+
+    /// Blocking (downloads): call it off the async runtime. A failure leaves the served model as it is.
+    fn sync(&self) {
+        match self.registry.mirror_current(&self.root) {
+            Ok(Mirrored::Updated(version)) => {
+                tracing::info!(
+                    url = self.url(),
+                    version,
+                    "model registry: new current version mirrored"
+                );
+            }
+            Ok(Mirrored::Empty) => {
+                tracing::warn!(url = self.url(), "model registry: nothing published yet");
+            }
+            Ok(Mirrored::Unchanged(_)) => {}
+            Err(error) => {
+                metrics::model_update("mirror_failed");
+                tracing::warn!(
+                    url = self.url(),
+                    "model registry: mirroring failed: {error}"
+                );
+            }
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use crate::frame::{
     self, Collaborate, EdgeFrame, FrameJob, MinerReport, Rendered, SharedMiner, Upload,
 };
 use crate::metrics;
-use crate::registry::{LoadedModel, ModelRegistry};
+use crate::registry::{LoadedModel, ModelMirror, ModelRegistry};
 
 /// Time kept back from the deadline for rendering the cloud's answer and sending the response.
 const RENDER_RESERVE: Duration = Duration::from_millis(30);
@@ -106,6 +106,7 @@ pub struct Segmented {
 pub struct App {
     pub config: ServerConfig,
     pub registry: Arc<ModelRegistry>,
+    pub model_mirror: Option<Arc<ModelMirror>>,
     pub queue: InferenceQueue,
     pub miner: Arc<SharedMiner>,
     pub cloud: Option<CloudClient>,
@@ -120,6 +121,8 @@ pub enum StartError {
     Cloud(#[from] reqwest::Error),
     #[error("cannot start the inference threads: {0}")]
     Threads(#[from] std::io::Error),
+    #[error("cannot open the model registry: {0}")]
+    ModelRegistry(#[from] object_registry::RegistryError),
 }
 
 impl App {
@@ -127,6 +130,11 @@ impl App {
     /// the server answers `/health` at once and `/ready` once the model is in.
     pub fn new(config: ServerConfig) -> Result<Arc<Self>, StartError> {
         let registry = Arc::new(ModelRegistry::new(config.model_dir.clone(), config.session));
+        let model_mirror = config
+            .model_registry
+            .as_ref()
+            .map(|(url, root)| ModelMirror::open(url, root.clone()).map(Arc::new))
+            .transpose()?;
         let miner = Arc::new(SharedMiner {
             miner: Mutex::new(config.miner.build()?),
             scorer_name: scorer_name(&config.miner),
@@ -145,6 +153,7 @@ impl App {
             .transpose()?;
         Ok(Arc::new(Self {
             registry,
+            model_mirror,
             queue,
             miner,
             cloud,

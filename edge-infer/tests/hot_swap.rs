@@ -167,3 +167,64 @@ async fn new_versions_swap_in_under_load_and_corrupt_ones_are_refused() {
     let server = Arc::into_inner(server).expect("clients finished");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_follows_an_object_store_registry() {
+    let Some(model_dir) = model_dir_or_skip("the_edge_follows_an_object_store_registry") else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", temp.path().join("bucket").display());
+    let registry = object_registry::ObjectRegistry::open(&url).unwrap();
+    let base = LoadedManifest::load_verified(&model_dir).unwrap().manifest;
+    // The registry client blocks (it is what the trainer uses); keep it off this test's async threads.
+    let publish_to_registry = |dir: &Path| {
+        tokio::task::block_in_place(|| registry.publish(dir)).unwrap();
+    };
+    publish_to_registry(&model_dir);
+
+    let cache = temp.path().join("cache");
+    let server = TestServer::start_with(&[
+        "--model-registry-url",
+        &url,
+        "--model-cache-dir",
+        cache.to_str().unwrap(),
+        "--model-poll-secs",
+        "1",
+    ])
+    .await;
+    let info = server.info().await;
+    assert_eq!(info["model"]["version"], base.version.as_str());
+    assert_eq!(info["model_registry_url"], url.as_str());
+
+    // A retrained version published by another machine: the edge fetches and serves it.
+    let next = temp.path().join("next");
+    copy_model(&model_dir, &next);
+    let mut manifest = base.clone();
+    manifest.version = format!("{}-ll.registry-test", base.version);
+    publish(&next, manifest, true);
+    publish_to_registry(&next);
+    let expected = format!("{}-ll.registry-test", base.version);
+    wait_for(&server, "the published version", |info| {
+        info["model"]["version"] == expected.as_str()
+    })
+    .await;
+    let frames = frames_or_skip("the_edge_follows_an_object_store_registry", 1).unwrap_or_default();
+    if let Some(frame) = frames.into_iter().next() {
+        assert_eq!(
+            server
+                .post_png("/v1/segment?collaborate=never", frame)
+                .await
+                .status(),
+            200
+        );
+    }
+
+    // Rolled back in the registry: the edge follows without downloading again.
+    tokio::task::block_in_place(|| registry.set_current(&base.version)).unwrap();
+    wait_for(&server, "the rolled-back version", |info| {
+        info["model"]["version"] == base.version.as_str()
+    })
+    .await;
+    server.stop().await;
+}

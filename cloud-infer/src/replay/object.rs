@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use tokio::runtime::Runtime;
@@ -39,26 +37,12 @@ pub struct ObjectReplayStore {
 impl ObjectReplayStore {
     /// `s3://bucket/prefix` (credentials and endpoint from the usual `AWS_*` variables) or `file:///dir`.
     pub fn open_url(url: &str, capacity: Capacity) -> Result<Self, ReplayError> {
-        let location_error = |message: String| ReplayError::Location {
-            location: url.to_string(),
-            message,
-        };
-        if let Some(dir) = url.strip_prefix("file://") {
-            std::fs::create_dir_all(dir).map_err(|e| ReplayError::io(dir, e))?;
-            let store = LocalFileSystem::new_with_prefix(dir)?;
-            Self::open(Arc::new(store), ObjectPath::default(), url, capacity)
-        } else if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(location_error("no bucket named".into()));
-            }
-            let store = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()?;
-            Self::open(Arc::new(store), ObjectPath::from(prefix), url, capacity)
-        } else {
-            Err(location_error("expected an s3:// or file:// URL".into()))
-        }
+        let (store, prefix) =
+            object_registry::store_from_url(url).map_err(|e| ReplayError::Location {
+                location: url.to_string(),
+                message: e.to_string(),
+            })?;
+        Self::open(store, prefix, url, capacity)
     }
 
     /// Opens a buffer under `prefix` in any object store, removing parts abandoned by interrupted puts.

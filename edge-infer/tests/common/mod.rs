@@ -61,15 +61,13 @@ impl TestServer {
     /// Starts `edge-infer serve --model-dir <model_dir> <extra>` on a free port and waits until it is ready.
     pub async fn start(model_dir: &Path, extra: &[&str]) -> TestServer {
         let model_dir = model_dir.to_str().expect("utf-8 path");
-        let mut argv = vec![
-            "edge-infer",
-            "serve",
-            "--model-dir",
-            model_dir,
-            "--listen",
-            "127.0.0.1:0",
-        ];
-        argv.extend_from_slice(extra);
+        Self::start_with(&[&["--model-dir", model_dir], extra].concat()).await
+    }
+
+    /// Starts `edge-infer serve <args>` on a free port and waits until it is ready.
+    pub async fn start_with(args: &[&str]) -> TestServer {
+        let mut argv = vec!["edge-infer", "serve", "--listen", "127.0.0.1:0"];
+        argv.extend_from_slice(args);
         let Command::Serve(args) = Cli::try_parse_from(argv).expect("arguments parse").command;
         let config = args.resolve().expect("configuration is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
