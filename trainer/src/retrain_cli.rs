@@ -77,6 +77,10 @@ pub struct RetrainArgs {
     /// Every new-task split must gain more than this (mIoU points).
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     min_new_task_gain: f64,
+    /// Let the held-back buffer frames (scored against the cloud's labels, which favour the parent they were fused
+    /// from) gate even when `--new-task-labelled-index` is given; by default they are then only reported.
+    #[arg(long)]
+    buffer_gates_with_labels: bool,
     /// Published version; default `<parent>-ll.<snapshot id>`.
     #[arg(long)]
     version: Option<String>,
@@ -203,6 +207,7 @@ pub fn config(args: &RetrainArgs) -> RetrainConfig {
         gate: GatePolicy {
             max_old_task_drop: args.max_old_task_drop,
             min_new_task_gain: args.min_new_task_gain,
+            buffer_gates_with_labels: args.buffer_gates_with_labels,
         },
         train: TrainConfig {
             epochs: args.epochs,

@@ -68,12 +68,16 @@ fn refuses_when_the_old_task_drops_beyond_the_margin() {
 }
 
 #[test]
-fn refuses_when_the_buffer_holdout_does_not_improve() {
-    let decision = decide(
-        &PARENT,
-        &scores(0.60, 0.40, Some(0.38)),
-        &GatePolicy::default(),
-    );
+fn with_labels_the_buffer_holdout_is_reported_and_gates_only_when_asked() {
+    let candidate = scores(0.60, 0.40, Some(0.38));
+    let decision = decide(&PARENT, &candidate, &GatePolicy::default());
+    assert!(decision.publish, "{:?}", decision.refusals);
+    assert_eq!(decision.candidate.new_task_buffer_miou, 0.40);
+    let strict = GatePolicy {
+        buffer_gates_with_labels: true,
+        ..GatePolicy::default()
+    };
+    let decision = decide(&PARENT, &candidate, &strict);
     assert!(!decision.publish);
     assert!(matches!(
         decision.refusals.as_slice(),
@@ -101,7 +105,7 @@ fn a_required_gain_must_be_exceeded() {
         min_new_task_gain: 2.0,
         ..GatePolicy::default()
     };
-    let small_gain = decide(&PARENT, &scores(0.60, 0.415, Some(0.38)), &policy);
+    let small_gain = decide(&PARENT, &scores(0.60, 0.43, Some(0.365)), &policy);
     assert!(!small_gain.publish);
     assert!(decide(&PARENT, &scores(0.60, 0.43, Some(0.38)), &policy).publish);
 }
@@ -139,11 +143,11 @@ fn refuses_on_a_score_that_is_not_a_number() {
 
 #[test]
 fn every_failed_condition_is_reported_and_serialised() {
-    let decision = decide(
-        &PARENT,
-        &scores(0.50, 0.30, Some(0.30)),
-        &GatePolicy::default(),
-    );
+    let strict = GatePolicy {
+        buffer_gates_with_labels: true,
+        ..GatePolicy::default()
+    };
+    let decision = decide(&PARENT, &scores(0.50, 0.30, Some(0.30)), &strict);
     assert!(!decision.publish);
     assert_eq!(decision.refusals.len(), 3);
     let json = serde_json::to_value(&decision).unwrap();

@@ -90,6 +90,7 @@ fn tiny_config(camvid: &Path, work: &Path) -> RetrainConfig {
         gate: GatePolicy {
             max_old_task_drop: 100.0,
             min_new_task_gain: -100.0,
+            ..GatePolicy::default()
         },
         train: TrainConfig {
             epochs: 1,
@@ -229,6 +230,7 @@ fn a_killed_run_resumes_from_its_checkpoint_and_a_refused_model_is_not_published
         gate: GatePolicy {
             max_old_task_drop: 1.0,
             min_new_task_gain: 100.0,
+            ..GatePolicy::default()
         },
         ..base
     };
