@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use cloud_infer::replay::{Capacity, ReplayStore, SqliteReplayStore};
@@ -260,12 +260,7 @@ async fn an_expired_deadline_is_dropped_without_computing() {
 #[tokio::test]
 async fn a_deadline_passing_in_the_queue_drops_the_frame_and_a_full_queue_answers_429() {
     let (_dir, store) = temp_store();
-    let (started, started_rx) = mpsc::channel();
-    let (proceed, proceed_rx) = mpsc::channel();
-    let refiner = Box::new(EchoRefiner {
-        started: Some(started),
-        proceed: Some(Mutex::new(proceed_rx)),
-    });
+    let (refiner, started_rx, proceed) = EchoRefiner::gated();
     let base = serve_with(refiner, 1, Arc::clone(&store)).await;
 
     // Frame 1 occupies the refinement thread until we let it go.
@@ -326,12 +321,7 @@ async fn a_deadline_passing_in_the_queue_drops_the_frame_and_a_full_queue_answer
 #[tokio::test]
 async fn a_frame_is_refined_and_stored_after_the_edge_stopped_waiting() {
     let (_dir, store) = temp_store();
-    let (started, started_rx) = mpsc::channel();
-    let (proceed, proceed_rx) = mpsc::channel();
-    let refiner = Box::new(EchoRefiner {
-        started: Some(started),
-        proceed: Some(Mutex::new(proceed_rx)),
-    });
+    let (refiner, started_rx, proceed) = EchoRefiner::gated();
     let base = serve_with(refiner, 1, Arc::clone(&store)).await;
 
     // The edge gives up while the refinement is still running (its deadline is shorter than the cloud's work).

@@ -1,6 +1,6 @@
 //! `trainer retrain run | watch | rollback | status`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::TrainConfig;
@@ -30,6 +30,29 @@ pub struct RegistryArgs {
     /// Model registry: `<registry>/<version>/` directories and a `current` link (run the edge on it).
     #[arg(long, env = "MODEL_REGISTRY", default_value = "models/registry")]
     registry: PathBuf,
+    /// Also keep an object-store registry (`s3://bucket/prefix` with the usual `AWS_*` variables, or `file:///dir`)
+    /// on the live version, for robots that follow it with `edge-infer --model-registry-url`: after a publish or a
+    /// rollback the live version is uploaded and the store's `CURRENT` points at it.
+    #[arg(long, env = "MODEL_REGISTRY_URL")]
+    registry_url: Option<String>,
+}
+
+impl RegistryArgs {
+    /// Uploads the local registry's live version to `--registry-url`, when one is set.
+    fn mirror_live_version(&self) -> Result<()> {
+        if let Some(url) = &self.registry_url {
+            let version = mirror_live_version(&self.registry, url)?;
+            println!("object-store registry {url}: CURRENT -> {version}");
+        }
+        Ok(())
+    }
+}
+
+/// Uploads the live version of the registry at `registry` to the object-store registry at `url` and points its
+/// `CURRENT` at it. Returns the version.
+pub fn mirror_live_version(registry: &Path, url: &str) -> Result<String> {
+    let live = Registry::open(registry)?.current_link();
+    Ok(object_registry::ObjectRegistry::open(url)?.publish(&live)?)
 }
 
 #[derive(Args)]
@@ -138,13 +161,16 @@ pub fn run(action: RetrainAction) -> Result<()> {
         RetrainAction::Run(args) => {
             let report = run_once(&args)?;
             print_report(&report);
+            if report.published.is_some() {
+                args.registry.mirror_live_version()?;
+            }
             Ok(())
         }
         RetrainAction::Watch(args) => watch(&args),
         RetrainAction::Rollback(args) => {
             let (from, to) = Registry::open(&args.registry)?.rollback()?;
             println!("rolled back {}: {from} -> {to}", args.registry.display());
-            Ok(())
+            args.mirror_live_version()
         }
         RetrainAction::Status(args) => {
             let registry = Registry::open(&args.registry)?;
@@ -359,6 +385,9 @@ fn check_and_retrain(
             );
             let report = run_once(&args.retrain)?;
             print_report(&report);
+            if report.published.is_some() {
+                args.retrain.registry.mirror_live_version()?;
+            }
             state.seen = names.into_iter().collect();
             state.last_snapshot_id = Some(report.snapshot_id);
             state.save(state_path)?;

@@ -17,6 +17,7 @@ use trainer::data::Augmentation;
 use trainer::gate::{GatePolicy, Refusal};
 use trainer::registry::Registry;
 use trainer::retrain::{DECISION_FILE, RetrainConfig, RetrainReport, retrain};
+use trainer::retrain_cli::mirror_live_version;
 
 /// Stands in for MobileSAM's refinement: the annotation coarsened to 8x8 blocks (mask-like boundaries), with the
 /// block seams ignored where the classes disagree. The job only ever sees it through the export, as a cloud label.
@@ -187,12 +188,24 @@ fn retrains_on_a_buffer_snapshot_publishes_into_the_registry_and_rolls_back() {
         .expect("edge loads the new version");
     assert_eq!(edge.manifest().version, report.candidate_version);
 
+    // Robots that follow an object-store registry see the same live version, also after a rollback.
+    let bucket = format!("file://{}", work.path().join("bucket").display());
+    let objects = object_registry::ObjectRegistry::open(&bucket).unwrap();
+    let mirrored = mirror_live_version(&config.registry, &bucket).unwrap();
+    assert_eq!(mirrored, report.candidate_version);
+    assert_eq!(objects.current_version().unwrap(), Some(mirrored));
+
     let (from, to) = registry.rollback().expect("rollback");
     assert_eq!(
         (from.as_str(), to.as_str()),
         (report.candidate_version.as_str(), seed_version.as_str())
     );
     assert_eq!(registry.current().unwrap().unwrap().version, seed_version);
+    mirror_live_version(&config.registry, &bucket).unwrap();
+    assert_eq!(
+        objects.current_version().unwrap(),
+        Some(seed_version.clone())
+    );
     let actions: Vec<String> = registry
         .history()
         .unwrap()

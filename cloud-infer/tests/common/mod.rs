@@ -76,6 +76,18 @@ impl EchoRefiner {
             proceed: None,
         })
     }
+
+    /// A refiner that reports each frame it starts on the returned receiver and answers only once the returned
+    /// sender lets it.
+    pub fn gated() -> (Box<dyn Refiner>, mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (started, started_rx) = mpsc::channel();
+        let (proceed, proceed_rx) = mpsc::channel();
+        let refiner = Box::new(Self {
+            started: Some(started),
+            proceed: Some(Mutex::new(proceed_rx)),
+        });
+        (refiner, started_rx, proceed)
+    }
 }
 
 impl Refiner for EchoRefiner {
