@@ -46,10 +46,11 @@ pub struct ServeArgs {
     /// in without dropping requests; point a `current` symlink at a version directory or replace the files in place.
     #[arg(long, env = "EDGE_MODEL_DIR", default_value_os_t = models::paths::models_dir().join("edge/current"))]
     pub model_dir: PathBuf,
-    /// An object-store model registry to follow instead of `--model-dir` (`s3://bucket/prefix` with the usual `AWS_*`
-    /// variables, or `file:///dir`), as `trainer retrain run --registry-url` publishes it: before each check, the
-    /// version its `CURRENT` object names is copied into `--model-cache-dir` and served from there.
-    #[arg(long, env = "EDGE_MODEL_REGISTRY_URL", conflicts_with = "model_dir")]
+    /// An object-store model registry to follow (`s3://bucket/prefix` with the usual `AWS_*` variables, or
+    /// `file:///dir`), as `trainer retrain --registry-url` publishes it: before each check, the version its `CURRENT`
+    /// object names is copied into `--model-cache-dir` and served from there. Until the registry names a version,
+    /// `--model-dir` is served.
+    #[arg(long, env = "EDGE_MODEL_REGISTRY_URL")]
     pub model_registry_url: Option<String>,
     /// Local copies of the registry's versions (with `--model-registry-url`).
     #[arg(long, env = "EDGE_MODEL_CACHE_DIR", default_value_os_t = models::paths::workspace_root().join("runs/model-cache"))]
@@ -148,8 +149,7 @@ impl FromStr for Secret {
 pub struct ServerConfig {
     /// The directory served (with a registry URL: the mirror's `current` link).
     pub model_dir: PathBuf,
-    /// Object-store registry URL and the local directory its current version is mirrored into.
-    pub model_registry: Option<(String, PathBuf)>,
+    pub model_registry: Option<ModelRegistrySource>,
     pub model_poll: Option<Duration>,
     pub session: SessionConfig,
     pub workers: usize,
@@ -160,6 +160,14 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub max_pixels: u64,
     pub robot_id: String,
+}
+
+/// An object-store registry to follow, where its versions are copied, and what to serve before it has one.
+#[derive(Debug, Clone)]
+pub struct ModelRegistrySource {
+    pub url: String,
+    pub cache_dir: PathBuf,
+    pub seed_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -217,7 +225,11 @@ impl ServeArgs {
         let (model_dir, model_registry) = match &self.model_registry_url {
             Some(url) => (
                 self.model_cache_dir.join(object_registry::CURRENT_LINK),
-                Some((url.clone(), self.model_cache_dir.clone())),
+                Some(ModelRegistrySource {
+                    url: url.clone(),
+                    cache_dir: self.model_cache_dir.clone(),
+                    seed_dir: self.model_dir.clone(),
+                }),
             ),
             None => (self.model_dir.clone(), None),
         };

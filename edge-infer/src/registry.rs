@@ -17,6 +17,8 @@ use arc_swap::ArcSwapOption;
 use models::manifest::{ClassInfo, MANIFEST_FILE};
 use models::{EdgeModel, SessionConfig};
 use object_registry::{Mirrored, ObjectRegistry};
+
+use crate::config::ModelRegistrySource;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -216,13 +218,16 @@ pub async fn watch(
 pub struct ModelMirror {
     registry: ObjectRegistry,
     root: PathBuf,
+    /// Served (linked as `<root>/current`) until the registry names a version.
+    seed: PathBuf,
 }
 
 impl ModelMirror {
-    pub fn open(url: &str, root: PathBuf) -> Result<Self, object_registry::RegistryError> {
+    pub fn open(source: &ModelRegistrySource) -> Result<Self, object_registry::RegistryError> {
         Ok(Self {
-            registry: ObjectRegistry::open(url)?,
-            root,
+            registry: ObjectRegistry::open(&source.url)?,
+            root: source.cache_dir.clone(),
+            seed: source.seed_dir.clone(),
         })
     }
 
@@ -241,7 +246,20 @@ impl ModelMirror {
                 );
             }
             Ok(Mirrored::Empty) => {
-                tracing::warn!(url = self.url(), "model registry: nothing published yet");
+                let link = self.root.join(object_registry::CURRENT_LINK);
+                if std::fs::symlink_metadata(&link).is_err() {
+                    match object_registry::link_seed(&self.root, &self.seed) {
+                        Ok(()) => tracing::info!(
+                            url = self.url(),
+                            seed = %self.seed.display(),
+                            "model registry: nothing published yet, serving the seed model"
+                        ),
+                        Err(error) => tracing::warn!(
+                            url = self.url(),
+                            "model registry: nothing published yet and the seed model cannot be linked: {error}"
+                        ),
+                    }
+                }
             }
             Ok(Mirrored::Unchanged(_)) => {}
             Err(error) => {

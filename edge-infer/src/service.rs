@@ -133,7 +133,7 @@ impl App {
         let model_mirror = config
             .model_registry
             .as_ref()
-            .map(|(url, root)| ModelMirror::open(url, root.clone()).map(Arc::new))
+            .map(|source| ModelMirror::open(source).map(Arc::new))
             .transpose()?;
         let miner = Arc::new(SharedMiner {
             miner: Mutex::new(config.miner.build()?),

@@ -181,14 +181,16 @@ async fn the_edge_follows_an_object_store_registry() {
     let publish_to_registry = |dir: &Path| {
         tokio::task::block_in_place(|| registry.publish(dir)).unwrap();
     };
-    publish_to_registry(&model_dir);
 
+    // Nothing published yet: the robot serves the model it shipped with (`--model-dir`).
     let cache = temp.path().join("cache");
     let server = TestServer::start_with(&[
         "--model-registry-url",
         &url,
         "--model-cache-dir",
         cache.to_str().unwrap(),
+        "--model-dir",
+        model_dir.to_str().unwrap(),
         "--model-poll-secs",
         "1",
     ])
@@ -196,6 +198,7 @@ async fn the_edge_follows_an_object_store_registry() {
     let info = server.info().await;
     assert_eq!(info["model"]["version"], base.version.as_str());
     assert_eq!(info["model_registry_url"], url.as_str());
+    publish_to_registry(&model_dir);
 
     // A retrained version published by another machine: the edge fetches and serves it.
     let next = temp.path().join("next");

@@ -225,10 +225,7 @@ impl ObjectRegistry {
         if !target.join(MANIFEST_FILE).is_file() {
             self.download(&version, root, &target)?;
         }
-        let staged_link = root.join(format!(".{CURRENT_LINK}.{}", std::process::id()));
-        let _ = std::fs::remove_file(&staged_link);
-        std::os::unix::fs::symlink(&version, &staged_link).map_err(io(&staged_link))?;
-        std::fs::rename(&staged_link, &link).map_err(io(&link))?;
+        point_current(root, Path::new(&version))?;
         Ok(Mirrored::Updated(version))
     }
 
@@ -274,6 +271,23 @@ impl ObjectRegistry {
         })?;
         std::fs::rename(&staging, target).map_err(io(target))
     }
+}
+
+/// Makes `<root>/current` point at `target` (relative to `root`, or absolute) by renaming a fresh link over it.
+fn point_current(root: &Path, target: &Path) -> Result<(), RegistryError> {
+    let link = root.join(CURRENT_LINK);
+    let staged_link = root.join(format!(".{CURRENT_LINK}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staged_link);
+    std::os::unix::fs::symlink(target, &staged_link).map_err(io(&staged_link))?;
+    std::fs::rename(&staged_link, &link).map_err(io(&link))
+}
+
+/// Points `<root>/current` at a local model directory (e.g. the model shipped with the edge), for as long as the
+/// object store names no version; the first mirrored version replaces the link.
+pub fn link_seed(root: &Path, seed: &Path) -> Result<(), RegistryError> {
+    std::fs::create_dir_all(root).map_err(io(root))?;
+    let seed = std::fs::canonicalize(seed).map_err(io(seed))?;
+    point_current(root, &seed)
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest, RegistryError> {

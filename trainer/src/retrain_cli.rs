@@ -40,19 +40,28 @@ pub struct RegistryArgs {
 impl RegistryArgs {
     /// Uploads the local registry's live version to `--registry-url`, when one is set.
     fn mirror_live_version(&self) -> Result<()> {
-        if let Some(url) = &self.registry_url {
-            let version = mirror_live_version(&self.registry, url)?;
+        if let Some(url) = &self.registry_url
+            && let Some(version) = mirror_live_version(&self.registry, url)?
+        {
             println!("object-store registry {url}: CURRENT -> {version}");
         }
         Ok(())
     }
 }
 
-/// Uploads the live version of the registry at `registry` to the object-store registry at `url` and points its
-/// `CURRENT` at it. Returns the version.
-pub fn mirror_live_version(registry: &Path, url: &str) -> Result<String> {
-    let live = Registry::open(registry)?.current_link();
-    Ok(object_registry::ObjectRegistry::open(url)?.publish(&live)?)
+/// Makes the object-store registry at `url` serve the live version of the registry at `registry`: uploads it and
+/// points `CURRENT` at it, unless `CURRENT` already names it (then nothing is sent). Returns the version, or `None`
+/// when the local registry has no live version yet.
+pub fn mirror_live_version(registry: &Path, url: &str) -> Result<Option<String>> {
+    let local = Registry::open(registry)?;
+    let Some(live) = local.current()? else {
+        return Ok(None);
+    };
+    let objects = object_registry::ObjectRegistry::open(url)?;
+    if objects.current_version()?.as_deref() != Some(live.version.as_str()) {
+        objects.publish(&local.current_link())?;
+    }
+    Ok(Some(live.version))
 }
 
 #[derive(Args)]
@@ -161,10 +170,7 @@ pub fn run(action: RetrainAction) -> Result<()> {
         RetrainAction::Run(args) => {
             let report = run_once(&args)?;
             print_report(&report);
-            if report.published.is_some() {
-                args.registry.mirror_live_version()?;
-            }
-            Ok(())
+            args.registry.mirror_live_version()
         }
         RetrainAction::Watch(args) => watch(&args),
         RetrainAction::Rollback(args) => {
@@ -385,9 +391,6 @@ fn check_and_retrain(
             );
             let report = run_once(&args.retrain)?;
             print_report(&report);
-            if report.published.is_some() {
-                args.retrain.registry.mirror_live_version()?;
-            }
             state.seen = names.into_iter().collect();
             state.last_snapshot_id = Some(report.snapshot_id);
             state.save(state_path)?;
@@ -408,5 +411,6 @@ fn check_and_retrain(
             )
         }
     }
-    Ok(())
+    // Also after a check that trained nothing: a failed upload is retried, and a rollback is followed.
+    args.retrain.registry.mirror_live_version()
 }
