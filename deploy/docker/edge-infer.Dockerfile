@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # edge-infer: the robot's segmentation API. Build from the repository root:
 #   docker build -f deploy/docker/edge-infer.Dockerfile -t edge-infer:dev .
-# Runs as an unprivileged user on 0.0.0.0:8080 with the shipped edge model; mount a model registry and set
-# EDGE_MODEL_DIR=<registry>/current for hot updates (docs/deployment.md).
+# Runs as an unprivileged user on 0.0.0.0:8080 with the shipped edge model; for hot updates set
+# EDGE_MODEL_REGISTRY_URL to the object-store registry (or mount a registry directory and set
+# EDGE_MODEL_DIR=<registry>/current; docs/deployment.md).
 
 # ONNX Runtime comes from its PyPI wheel: the shared library is all we keep (`ort` loads it at run time).
 FROM python:3.11-slim-bookworm AS onnxruntime
