@@ -34,7 +34,7 @@ pub enum Command {
 /// model). 0.90 is label-free calibration on daylight frames, the domain the model was trained for: about the 10th
 /// percentile of edge model 1.1.0's scores on day-val (0.904), where dusk-stream's median is 0.851
 /// (`benchmarks miners`, benchmarks/README.md). At most one upload every 2 s (burst 2) on top, because a MobileSAM
-/// refinement takes ~1.4 s of a cloud replica and the answer to an uploaded frame waits for it.
+/// refinement takes ~2.4 s of a cloud replica and the answer to an uploaded frame waits for it.
 const DEFAULT_MINER: &str = r#"{"scorer": {"name": "cross-entropy"}, "policy": {"name": "all", "policies": [
     {"name": "threshold", "threshold": 0.90}, {"name": "rate-cap", "max_per_second": 0.5, "burst": 2}]}}"#;
 

@@ -17,11 +17,10 @@ use arc_swap::ArcSwapOption;
 use models::manifest::{ClassInfo, MANIFEST_FILE};
 use models::{EdgeModel, SessionConfig};
 use object_registry::{Mirrored, ObjectRegistry};
-
-use crate::config::ModelRegistrySource;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::config::ModelRegistrySource;
 use crate::metrics;
 
 /// A loaded, verified model with what the API reports about it.

@@ -74,6 +74,43 @@ pub fn store_from_url(url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), R
     }
 }
 
+/// A private async runtime for blocking callers of the async object_store API (any thread that is not itself
+/// driving async tasks).
+pub struct BlockingRuntime {
+    /// An `Option` only so that `Drop` can take it out.
+    runtime: Option<Runtime>,
+}
+
+impl BlockingRuntime {
+    pub fn new(thread_name: &str) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(thread_name)
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives until drop")
+            .block_on(future)
+    }
+}
+
+impl Drop for BlockingRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics when its owner is dropped inside async code (a server shutting
+        // down, a test).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// What [`ObjectRegistry::mirror_current`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mirrored {
@@ -89,40 +126,21 @@ pub struct ObjectRegistry {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     url: String,
-    /// The object_store API is async while callers (the trainer, the edge's blocking poll) are not. An `Option` only
-    /// so that `Drop` can take it out.
-    runtime: Option<Runtime>,
-}
-
-impl Drop for ObjectRegistry {
-    fn drop(&mut self) {
-        // A plain drop panics when the owner is dropped on an async thread (the edge's app at shutdown).
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
+    /// The object_store API is async while callers (the trainer, the edge's blocking poll) are not.
+    runtime: BlockingRuntime,
 }
 
 impl ObjectRegistry {
     pub fn open(url: &str) -> Result<Self, RegistryError> {
         let (store, prefix) = store_from_url(url)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        let runtime = BlockingRuntime::new("model-registry")
             .map_err(io(Path::new("model registry runtime")))?;
         Ok(Self {
             store,
             prefix,
             url: url.to_string(),
-            runtime: Some(runtime),
+            runtime,
         })
-    }
-
-    fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.runtime
-            .as_ref()
-            .expect("the runtime lives until drop")
-            .block_on(future)
     }
 
     pub fn url(&self) -> &str {
@@ -135,7 +153,7 @@ impl ObjectRegistry {
 
     /// The version `CURRENT` names, if any.
     pub fn current_version(&self) -> Result<Option<String>, RegistryError> {
-        self.block_on(async {
+        self.runtime.block_on(async {
             match self.store.get(&self.prefix.child(CURRENT_OBJECT)).await {
                 Ok(result) => {
                     let bytes = result.bytes().await?;
@@ -153,7 +171,7 @@ impl ObjectRegistry {
     pub fn publish(&self, dir: &Path) -> Result<String, RegistryError> {
         let manifest = read_manifest(dir)?;
         let version = manifest.version.clone();
-        self.block_on(async {
+        self.runtime.block_on(async {
             let mut files: Vec<&str> = manifest.files.values().map(|f| f.path.as_str()).collect();
             files.push(MANIFEST_FILE);
             for file in files {
@@ -171,7 +189,7 @@ impl ObjectRegistry {
 
     /// Points `CURRENT` at a version already in the store (e.g. to roll back).
     pub fn set_current(&self, version: &str) -> Result<(), RegistryError> {
-        self.block_on(async {
+        self.runtime.block_on(async {
             let manifest = self.object(version, MANIFEST_FILE);
             if let Err(error) = self.store.head(&manifest).await {
                 return Err(RegistryError::BadVersion {
@@ -191,7 +209,7 @@ impl ObjectRegistry {
 
     /// Versions in the store, sorted by name.
     pub fn versions(&self) -> Result<Vec<String>, RegistryError> {
-        self.block_on(async {
+        self.runtime.block_on(async {
             let listed = self.store.list_with_delimiter(Some(&self.prefix)).await?;
             let mut versions: Vec<String> = listed
                 .common_prefixes
@@ -233,7 +251,7 @@ impl ObjectRegistry {
         let staging = root.join(format!(".{version}.partial-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-        self.block_on(async {
+        self.runtime.block_on(async {
             let manifest_bytes = self
                 .store
                 .get(&self.object(version, MANIFEST_FILE))

@@ -31,8 +31,8 @@ pub struct RegistryArgs {
     #[arg(long, env = "MODEL_REGISTRY", default_value = "models/registry")]
     registry: PathBuf,
     /// Also keep an object-store registry (`s3://bucket/prefix` with the usual `AWS_*` variables, or `file:///dir`)
-    /// on the live version, for robots that follow it with `edge-infer --model-registry-url`: after a publish or a
-    /// rollback the live version is uploaded and the store's `CURRENT` points at it.
+    /// on the live version, for robots that follow it with `edge-infer --model-registry-url`: after every run, watch
+    /// check and rollback, the live version is uploaded unless the store's `CURRENT` already names it.
     #[arg(long, env = "MODEL_REGISTRY_URL")]
     registry_url: Option<String>,
 }

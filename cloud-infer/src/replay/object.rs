@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use object_registry::BlockingRuntime;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
-use tokio::runtime::Runtime;
 
 use super::capacity::{Admission, Capacity};
 use super::{BufferStats, EntryRecord, NewEntry, Part, PutOutcome, ReplayError, ReplayStore};
@@ -29,9 +29,8 @@ pub struct ObjectReplayStore {
     description: String,
     capacity: Capacity,
     offered: AtomicU64,
-    /// The object_store API is async while [`ReplayStore`] blocks; this private runtime bridges the two from any
-    /// thread that is not itself driving async tasks.
-    runtime: Option<Runtime>,
+    /// The object_store API is async while [`ReplayStore`] blocks.
+    runtime: BlockingRuntime,
 }
 
 impl ObjectReplayStore {
@@ -52,11 +51,7 @@ impl ObjectReplayStore {
         description: &str,
         capacity: Capacity,
     ) -> Result<Self, ReplayError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("replay-object-store")
-            .enable_all()
-            .build()
+        let runtime = BlockingRuntime::new("replay-object-store")
             .map_err(|e| ReplayError::io("replay object-store runtime", e))?;
         let this = Self {
             store,
@@ -64,19 +59,13 @@ impl ObjectReplayStore {
             description: format!("object-store:{description}"),
             capacity,
             offered: AtomicU64::new(0),
-            runtime: Some(runtime),
+            runtime,
         };
         let records = this.entries()?;
         this.offered.store(records.len() as u64, Ordering::Relaxed);
-        this.block_on(this.remove_abandoned_parts(&records))?;
+        this.runtime
+            .block_on(this.remove_abandoned_parts(&records))?;
         Ok(this)
-    }
-
-    fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.runtime
-            .as_ref()
-            .expect("runtime lives until drop")
-            .block_on(future)
     }
 
     fn manifest_path(&self, id: &str) -> ObjectPath {
@@ -215,30 +204,21 @@ impl ObjectReplayStore {
     }
 }
 
-impl Drop for ObjectReplayStore {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks, which panics inside async code (e.g. a test's server shutting down).
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
 impl ReplayStore for ObjectReplayStore {
     fn describe(&self) -> String {
         self.description.clone()
     }
 
     fn put(&self, entry: &NewEntry) -> Result<PutOutcome, ReplayError> {
-        self.block_on(self.put_entry(entry))
+        self.runtime.block_on(self.put_entry(entry))
     }
 
     fn entries(&self) -> Result<Vec<EntryRecord>, ReplayError> {
-        self.block_on(self.list_records())
+        self.runtime.block_on(self.list_records())
     }
 
     fn read(&self, record: &EntryRecord, part: Part) -> Result<Vec<u8>, ReplayError> {
-        let bytes = self.block_on(async {
+        let bytes = self.runtime.block_on(async {
             match self.store.get(&self.part_path(&record.id, part)).await {
                 Ok(result) => Ok(result.bytes().await?),
                 Err(object_store::Error::NotFound { .. }) => {
