@@ -10,11 +10,11 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use clap::Args as ClapArgs;
 use models::dataset::read_index;
 use models::evaluation::median;
@@ -41,6 +41,10 @@ pub struct Args {
     /// ONNX Runtime thread spinning, for both the raw runs and the service (edge-infer's `--ort-spinning`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     ort_spinning: bool,
+    /// Idle time before each latency sample, as between a camera's frames (30 ms: about 20 frames/s with the
+    /// model's time).
+    #[arg(long, default_value_t = 30)]
+    idle_ms: u64,
     /// Concurrent clients in the throughput phase.
     #[arg(long, default_value_t = 4)]
     clients: usize,
@@ -112,31 +116,36 @@ pub fn run(args: &Args) -> Result<()> {
             })?,
     );
     let base = format!("http://{}", args.listen);
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    wait_ready(&client, &base)?;
+    let client = LoopbackClient::new()?;
+    client.wait_ready(&base)?;
     let url = format!("{base}/v1/segment?collaborate=never");
+    let bodies: Vec<Bytes> = pngs.iter().map(|png| Bytes::from(png.clone())).collect();
 
-    // Latency: the three paths interleaved frame by frame, so a change in machine load hits all of them alike.
+    // Latency: the paths interleaved frame by frame, so a change in machine load hits all of them alike, and each
+    // one after the same idle gap, as frames from a camera arrive. Without the gap a path would start while the
+    // previous one's ONNX Runtime threads still spin, and lose cores to them.
     model.logits(&tensors[0])?;
-    post(&client, &url, &pngs[0])?;
+    client.post(&url, &bodies[0])?;
+    let idle = || std::thread::sleep(Duration::from_millis(args.idle_ms));
     let mut samples = Samples::default();
     for _ in 0..args.rounds {
-        for (png, tensor) in pngs.iter().zip(&tensors) {
+        for ((png, body), tensor) in pngs.iter().zip(&bodies).zip(&tensors) {
+            idle();
             let start = Instant::now();
             model.logits(tensor)?;
             samples.raw_model.push(ms(start.elapsed()));
+            idle();
             let start = Instant::now();
             model.segment(&decode_rgb(png, u64::MAX)?)?;
             samples.raw_pipeline.push(ms(start.elapsed()));
+            idle();
             let start = Instant::now();
-            let body = post(&client, &url, png)?;
+            let answer = client.post(&url, body)?;
             samples.service.push(ms(start.elapsed()));
-            samples.add_stages(&body["timings"]);
+            samples.add_stages(&answer["timings"]);
+            idle();
             let start = Instant::now();
-            let health = client.get(format!("{base}/health")).send()?;
-            health.error_for_status()?.bytes()?;
+            client.get(&format!("{base}/health"))?;
             samples.http_floor.push(ms(start.elapsed()));
         }
     }
@@ -144,7 +153,7 @@ pub fn run(args: &Args) -> Result<()> {
     // Throughput: each path alone for the same time (the idle side's threads sleep meanwhile).
     let raw_throughput = throughput_raw(&model, &tensors, args.seconds)?;
     let pipeline_throughput = throughput_pipeline(&model, &pngs, args.seconds)?;
-    let service_throughput = throughput_http(&url, &pngs, args.clients, args.seconds)?;
+    let service_throughput = throughput_http(&url, &bodies, args.clients, args.seconds)?;
     drop(server);
 
     let table = render(
@@ -165,10 +174,12 @@ struct Samples {
     raw_model: Vec<f64>,
     raw_pipeline: Vec<f64>,
     service: Vec<f64>,
-    /// `GET /health` round trips: what any HTTP exchange with the server costs on this machine.
+    /// `GET /health` round trips after the same idle gap: what any HTTP exchange with the server costs here.
     http_floor: Vec<f64>,
     /// The service's own `timings` per stage, in [`SERVICE_STAGES`] order.
     stages: [Vec<f64>; SERVICE_STAGES.len()],
+    /// The service's `total_ms`: from the handler's start to its answer being ready for serialisation.
+    handler_total: Vec<f64>,
 }
 
 /// The stages of the service's `timings` object that make up its edge path.
@@ -190,23 +201,36 @@ impl Samples {
         for (stage, values) in SERVICE_STAGES.iter().zip(&mut self.stages) {
             values.push(timings[stage].as_f64().unwrap_or(f64::NAN));
         }
+        self.handler_total
+            .push(timings["total_ms"].as_f64().unwrap_or(f64::NAN));
     }
 
     /// Per request: its round trip minus the pipeline stages the server timed inside that same request (queueing,
     /// mining, rendering, HTTP and JSON remain). Unlike a comparison with the raw runs, this is immune to the model
     /// run itself varying by a few ms from one run to the next on this VM.
     fn service_overhead(&self) -> Vec<f64> {
-        self.service
-            .iter()
-            .enumerate()
-            .map(|(i, total)| {
-                total
-                    - PIPELINE_STAGES
-                        .iter()
-                        .map(|&s| self.stages[s][i])
-                        .sum::<f64>()
-            })
-            .collect()
+        self.per_request(|i| self.service[i] - self.stage_sum(&PIPELINE_STAGES, i))
+    }
+
+    /// Per request: the handler's own `total_ms` minus every stage it timed, i.e. reading the body and handing the
+    /// frame to an inference thread and back.
+    fn handler_rest(&self) -> Vec<f64> {
+        let all: Vec<usize> = (0..SERVICE_STAGES.len()).collect();
+        self.per_request(|i| self.handler_total[i] - self.stage_sum(&all, i))
+    }
+
+    /// Per request: the round trip minus the handler's `total_ms`, i.e. connection handling, routing, the JSON
+    /// answer and both ends' HTTP work.
+    fn outside_handler(&self) -> Vec<f64> {
+        self.per_request(|i| self.service[i] - self.handler_total[i])
+    }
+
+    fn stage_sum(&self, stages: &[usize], request: usize) -> f64 {
+        stages.iter().map(|&s| self.stages[s][request]).sum()
+    }
+
+    fn per_request(&self, value: impl Fn(usize) -> f64) -> Vec<f64> {
+        (0..self.service.len()).map(value).collect()
     }
 }
 
@@ -231,16 +255,18 @@ fn render(
     };
     let mut out = format!(
         "Command: `cargo run --release -p benchmarks -- edge-overhead --frames {} --rounds {} --threads {} \
-         --ort-spinning {} --clients {} --seconds {}` (edge model {}, 480x360 CamVid day-val PNGs; the raw paths and \
-         the service alternate frame by frame; {}).\n\n\
+         --ort-spinning {} --idle-ms {} --clients {} --seconds {}` (edge model {}, 480x360 CamVid day-val PNGs; the \
+         raw paths and the service alternate frame by frame, each after {} ms idle; {}).\n\n\
          | path | median ms | p95 ms | vs raw model |\n|---|---|---|---|\n",
         args.frames,
         args.rounds,
         args.threads,
         args.ort_spinning,
+        args.idle_ms,
         args.clients,
         args.seconds,
         args.model.display(),
+        args.idle_ms,
         report::cpu_load_note(),
     );
     out += &row(
@@ -268,11 +294,18 @@ fn render(
         http_med - accounted
     );
     out += &format!(
+        "That rest, per request (medians): {:.2} ms inside the handler (reading the body, handing the frame to an \
+         inference thread and back) and {:.2} ms outside it (connection, routing, JSON answer, the client's side).\n\n",
+        median(&samples.handler_rest()),
+        median(&samples.outside_handler()),
+    );
+    out += &format!(
         "Service overhead (per request: round trip minus the decode, preprocess, inference and softmax/argmax the \
          server timed in it; median): **{overhead:.2} ms = {:.1}% of the raw model time** (goal <= 5%); against the model's time per frame when it runs back to back (the sequential \
          throughput below, {:.1} ms) it is {:.1}%. Difference of \
          the round trip's and the raw pipeline's medians: {:.2} ms. For scale, an empty `GET /health` round trip to \
-         the same server takes {:.2} ms (median).\n\n\
+         the same server after the same idle gap costs {:.2} ms (median): the part of the overhead any HTTP \
+         exchange pays on this machine.\n\n\
          | throughput | frames/s |\n|---|---|\n| raw model, sequential | {raw_throughput:.2} |\n\
          | raw pipeline, sequential | {pipeline_throughput:.2} |\n\
          | service, {} concurrent clients | {service_throughput:.2} ({:.0}% of the raw pipeline, {:.0}% of the raw \
@@ -293,32 +326,59 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn wait_ready(client: &reqwest::blocking::Client, base: &str) -> Result<()> {
-    for _ in 0..240 {
-        if client
-            .get(format!("{base}/ready"))
-            .send()
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    bail!("edge-infer at {base} did not become ready")
+/// An HTTP client on a single-threaded runtime driven by the calling thread: unlike `reqwest::blocking`, no request
+/// or answer passes through a second client thread, so the round trip measures the server, not a client hand-off.
+struct LoopbackClient {
+    runtime: tokio::runtime::Runtime,
+    http: reqwest::Client,
 }
 
-fn post(client: &reqwest::blocking::Client, url: &str, png: &[u8]) -> Result<serde_json::Value> {
-    let response = client
-        .post(url)
-        .header("content-type", "image/png")
-        .body(png.to_vec())
-        .send()?;
-    let status = response.status();
-    let body: serde_json::Value = response.json()?;
-    if !status.is_success() {
-        bail!("edge-infer answered {status}: {body}");
+impl LoopbackClient {
+    fn new() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self { runtime, http })
     }
-    Ok(body)
+
+    fn wait_ready(&self, base: &str) -> Result<()> {
+        for _ in 0..240 {
+            if self.get(&format!("{base}/ready")).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        bail!("edge-infer at {base} did not become ready")
+    }
+
+    fn get(&self, url: &str) -> Result<Bytes> {
+        self.runtime.block_on(async {
+            let response = self.http.get(url).send().await?.error_for_status()?;
+            Ok(response.bytes().await?)
+        })
+    }
+
+    /// Posts one PNG frame and returns the JSON answer.
+    fn post(&self, url: &str, png: &Bytes) -> Result<serde_json::Value> {
+        self.runtime.block_on(async {
+            let response = self
+                .http
+                .post(url)
+                .header("content-type", "image/png")
+                .body(png.clone())
+                .send()
+                .await?;
+            let status = response.status();
+            let body: serde_json::Value = response.json().await?;
+            if !status.is_success() {
+                bail!("edge-infer answered {status}: {body}");
+            }
+            Ok(body)
+        })
+    }
 }
 
 fn throughput_raw(
@@ -345,29 +405,32 @@ fn throughput_pipeline(model: &EdgeModel, pngs: &[Vec<u8>], seconds: u64) -> Res
     Ok(done as f64 / start.elapsed().as_secs_f64())
 }
 
-fn throughput_http(url: &str, pngs: &[Vec<u8>], clients: usize, seconds: u64) -> Result<f64> {
-    let done = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
+fn throughput_http(url: &str, bodies: &[Bytes], clients: usize, seconds: u64) -> Result<f64> {
+    let done = AtomicUsize::new(0);
     let start = Instant::now();
-    std::thread::scope(|scope| {
-        for c in 0..clients {
-            let (done, failed) = (Arc::clone(&done), Arc::clone(&failed));
-            scope.spawn(move || {
-                let client = reqwest::blocking::Client::new();
-                let mut i = c;
-                while start.elapsed() < Duration::from_secs(seconds) {
-                    match post(&client, url, &pngs[i % pngs.len()]) {
-                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                    i += 1;
-                }
-            });
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..clients)
+            .map(|c| {
+                let done = &done;
+                scope.spawn(move || -> Result<()> {
+                    let client = LoopbackClient::new()?;
+                    let mut i = c;
+                    while start.elapsed() < Duration::from_secs(seconds) {
+                        client.post(url, &bodies[i % bodies.len()])?;
+                        done.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))?
+                .context("a request failed during the throughput phase")?;
         }
-    });
-    let failed = failed.load(Ordering::Relaxed);
-    if failed > 0 {
-        bail!("{failed} requests failed during the throughput phase");
-    }
+        Ok(())
+    })?;
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }

@@ -179,6 +179,26 @@ pub fn exp_non_positive(x: f32) -> f32 {
     poly * scale
 }
 
+/// Every `step`-th row and column of each plane of a CHW map of `height` x `width` pixels, starting at the first;
+/// returns the smaller map and its height and width (rounded up).
+pub fn subsample_channels(
+    scores: &[f32],
+    classes: usize,
+    height: usize,
+    width: usize,
+    step: usize,
+) -> (Vec<f32>, usize, usize) {
+    let step = step.max(1);
+    let (out_height, out_width) = (height.div_ceil(step), width.div_ceil(step));
+    let mut out = Vec::with_capacity(classes * out_height * out_width);
+    for plane in scores.chunks_exact(height * width).take(classes) {
+        for row in plane.chunks_exact(width).step_by(step) {
+            out.extend(row.iter().step_by(step));
+        }
+    }
+    (out, out_height, out_width)
+}
+
 /// Per-pixel argmax over the class axis of a CHW score map.
 pub fn argmax_channels(scores: &[f32], classes: usize) -> Vec<u8> {
     let plane = scores.len() / classes;
@@ -306,6 +326,19 @@ mod tests {
         assert_eq!(exp_non_positive(0.0), 1.0);
         assert!(exp_non_positive(-1e6) > 0.0 && exp_non_positive(-1e6) < 1e-37);
         assert!(exp_non_positive(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn subsampling_keeps_every_step_th_row_and_column_of_each_plane() {
+        // 2 classes, 3x5 pixels, values numbered so each picked position is visible.
+        let scores: Vec<f32> = (0..30).map(|v| v as f32).collect();
+        let (sub, height, width) = subsample_channels(&scores, 2, 3, 5, 2);
+        assert_eq!((height, width), (2, 3));
+        assert_eq!(
+            sub,
+            [0., 2., 4., 10., 12., 14., 15., 17., 19., 25., 27., 29.]
+        );
+        assert_eq!(subsample_channels(&scores, 2, 3, 5, 1).0, scores);
     }
 
     #[test]
