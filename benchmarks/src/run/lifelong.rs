@@ -32,6 +32,7 @@ use trainer::retrain_cli::{RetrainArgs, config as retrain_config};
 use super::execute::{build_miner, cloud_labeller};
 use super::job::{Job, ModuleType, RunSpec, TaskSpec, value_text};
 use super::{Args, RunResult, test_frames};
+use crate::cloud_labels::CloudLabeller;
 use crate::segmenter::EDGE_SEGMENTER;
 
 #[derive(Debug, Clone, Serialize)]
@@ -248,6 +249,16 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
 
 /// Streams `task`'s frames through the live model, the miner (every frame when the algorithm has none) and the
 /// cloud refinement, writing the uploaded frames with their cloud labels as an export. Returns (seen, uploaded).
+/// `cloud_refinement` name that labels the uploaded frames with the dataset's ground truth instead of the cloud: an
+/// upper bound for what retraining can gain from those frames, never the product's path.
+const GROUND_TRUTH_TEACHER: &str = "ground-truth";
+
+/// Where the uploaded frames' training labels come from.
+enum Teacher {
+    Cloud(Box<CloudLabeller>),
+    GroundTruth,
+}
+
 fn stream_task(
     spec: &RunSpec,
     task: &TaskSpec,
@@ -260,11 +271,14 @@ fn stream_task(
         .module(ModuleType::HardExampleMining)
         .map(|_| build_miner(spec))
         .transpose()?;
-    let mut labeller = cloud_labeller(
-        spec,
-        &args.cache,
-        &format!("{}-{}", model.manifest().name, model.manifest().version),
-    )?;
+    let mut teacher = match spec.module(ModuleType::CloudRefinement) {
+        Some(module) if module.name == GROUND_TRUTH_TEACHER => Teacher::GroundTruth,
+        _ => Teacher::Cloud(Box::new(cloud_labeller(
+            spec,
+            &args.cache,
+            &format!("{}-{}", model.manifest().name, model.manifest().version),
+        )?)),
+    };
     let stream: Vec<Sample> = test_frames(
         task.stream_index.as_ref().expect("checked"),
         task.max_stream_frames,
@@ -291,7 +305,10 @@ fn stream_task(
             None => true,
         };
         if upload {
-            let labels = labeller.labels(sample, &image, &edge)?;
+            let labels = match &mut teacher {
+                Teacher::Cloud(labeller) => labeller.labels(sample, &image, &edge)?,
+                Teacher::GroundTruth => sample.load_labelled()?.1.into_raw(),
+            };
             let name = sample.name();
             let extension = sample
                 .image
