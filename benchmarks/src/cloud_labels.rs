@@ -88,6 +88,9 @@ pub struct RefineCost {
     /// Encoder, prompts and fusion, in milliseconds, as measured when the labels were computed.
     pub refine_ms: f64,
     pub masks: usize,
+    /// Width and height of the edge scores the labels were fused from: a cached map is reused only for scores of
+    /// the same resolution (older notes without it are recomputed).
+    pub score_size: (u32, u32),
 }
 
 pub struct CloudLabeller {
@@ -155,12 +158,14 @@ impl CloudLabeller {
         let path = self.cache.join(format!("{}.png", sample.name()));
         let cost_path = path.with_extension("json");
         let (width, height) = image.dimensions();
+        let score_size = (edge.score_width, edge.score_height);
         if let (Ok(bytes), Ok(cost)) = (std::fs::read(&path), std::fs::read(&cost_path)) {
             let cached = decode_label_png(&bytes)?;
             if let (true, Ok(cost)) = (
                 cached.dimensions() == (width, height),
                 serde_json::from_slice::<RefineCost>(&cost),
-            ) {
+            ) && cost.score_size == score_size
+            {
                 return Ok((cached.into_raw(), cost));
             }
         }
@@ -177,6 +182,7 @@ impl CloudLabeller {
         let cost = RefineCost {
             refine_ms: start.elapsed().as_secs_f64() * 1e3,
             masks: generated.masks.len(),
+            score_size,
         };
         for (target, bytes) in [
             (&path, encode_label_png(&labels, width, height)?),
