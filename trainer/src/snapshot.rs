@@ -1,7 +1,8 @@
 //! A snapshot of the replay buffer, read from a `cloud-infer export-index` directory.
 //!
-//! The snapshot id is the sha256 of the index bytes: entries are named by the sha256 of their image and the buffer
-//! stores a frame once, so the same index always means the same training data. Only the newest `max_frames`
+//! The snapshot id is the sha256 of the index bytes and of the kept entries' label maps: entries are named by the
+//! sha256 of their image, so the same id means the same training data, also for exports of the same frames with
+//! other labels (e.g. from another cloud model). Only the newest `max_frames`
 //! entries are kept (bounded memory however large the buffer grows), and every frame is checked when loaded: the
 //! image against its content id, the label map against the image size and the class set.
 
@@ -39,7 +40,7 @@ pub enum SnapshotError {
 
 pub struct Snapshot {
     pub dir: PathBuf,
-    /// First 16 hex digits of the sha256 of the index file.
+    /// First 16 hex digits of the sha256 of the index file and the kept entries' label maps.
     pub id: String,
     /// Entries in the index, newest last, at most the cap given to [`Snapshot::open`].
     pub samples: Vec<Sample>,
@@ -76,9 +77,17 @@ impl Snapshot {
         }
         let listed = samples.len();
         samples.drain(..listed.saturating_sub(max_frames));
+        let mut digest = Sha256::new();
+        digest.update(&bytes);
+        for sample in &samples {
+            let label = sample.label.as_ref().expect("checked above");
+            let label_bytes = std::fs::read(label)
+                .map_err(|e| corrupt(format!("{}: {e}", label.display())))?;
+            digest.update(&label_bytes);
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
-            id: hex::encode(Sha256::digest(&bytes))[..16].to_string(),
+            id: hex::encode(digest.finalize())[..16].to_string(),
             samples,
             listed,
         })

@@ -105,7 +105,7 @@ fn a_corrupt_snapshot_is_a_clear_error() {
 }
 
 #[test]
-fn the_snapshot_keeps_only_the_newest_frames_and_its_id_follows_the_index() {
+fn the_snapshot_keeps_only_the_newest_frames_and_its_id_follows_the_index_and_labels() {
     let dir = tempfile::tempdir().unwrap();
     let labels = encode_label_png(&[1u8; 4 * 4], 4, 4).unwrap();
     let lines: Vec<String> = (0..5)
@@ -115,8 +115,14 @@ fn the_snapshot_keeps_only_the_newest_frames_and_its_id_follows_the_index() {
     let capped = Snapshot::open(dir.path(), 3).unwrap();
     assert_eq!((capped.listed, capped.samples.len()), (5, 3));
     assert!(lines[4].contains(&capped.samples[2].name()));
+    assert_eq!(Snapshot::open(dir.path(), 3).unwrap().id, capped.id);
+    // The same frames with another label map for a kept one are other training data.
+    let kept_label = capped.samples[2].label.clone().unwrap();
+    std::fs::write(&kept_label, encode_label_png(&[2u8; 4 * 4], 4, 4).unwrap()).unwrap();
+    let relabelled = Snapshot::open(dir.path(), 3).unwrap();
+    assert_ne!(relabelled.id, capped.id);
     write_index(dir.path(), &lines[..4]);
-    assert_ne!(Snapshot::open(dir.path(), 3).unwrap().id, capped.id);
+    assert_ne!(Snapshot::open(dir.path(), 3).unwrap().id, relabelled.id);
 }
 
 /// A model directory with tiny stand-in files: enough for the registry, which never runs the model.
