@@ -81,8 +81,8 @@ impl Snapshot {
         digest.update(&bytes);
         for sample in &samples {
             let label = sample.label.as_ref().expect("checked above");
-            let label_bytes = std::fs::read(label)
-                .map_err(|e| corrupt(format!("{}: {e}", label.display())))?;
+            let label_bytes =
+                std::fs::read(label).map_err(|e| corrupt(format!("{}: {e}", label.display())))?;
             digest.update(&label_bytes);
         }
         Ok(Self {
