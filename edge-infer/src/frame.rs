@@ -114,6 +114,14 @@ pub fn process(
         output.score_height as usize,
         output.score_width as usize,
     );
+    // What the request (and the configuration) decides regardless of the miner; the miner's policy is told what
+    // really happens, so frames kept on the edge spend no upload budget or rate-cap token.
+    let overridden = match job.collaborate {
+        _ if !job.cloud_available => Some(false),
+        Collaborate::Auto => None,
+        Collaborate::Always => Some(true),
+        Collaborate::Never => Some(false),
+    };
     let decision = {
         let mut miner_guard = miner
             .miner
@@ -121,17 +129,12 @@ pub fn process(
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let now_ms = miner.started.elapsed().as_millis() as u64;
         let decision = miner_guard
-            .decide(&output.probabilities, dims, now_ms)
+            .decide_overridden(&output.probabilities, dims, now_ms, overridden)
             .map_err(|e| ApiError::Inference(format!("mining: {e}")))?;
         metrics::upload_ratio(miner_guard.stats().upload_ratio());
         decision
     };
-    let wants_cloud = match job.collaborate {
-        Collaborate::Auto => decision.hard,
-        Collaborate::Always => true,
-        Collaborate::Never => false,
-    };
-    let upload = (wants_cloud && job.cloud_available).then(|| {
+    let upload = overridden.unwrap_or(decision.hard).then(|| {
         let shape = QuantisedScores {
             classes: output.classes as u32,
             height: wire::UPLOAD_SCORES_HEIGHT,

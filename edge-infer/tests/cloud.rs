@@ -173,6 +173,49 @@ async fn hard_frames_are_refined_by_the_cloud_and_easy_ones_stay_on_the_edge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_kept_on_the_edge_spend_no_upload_allowance() {
+    let test = "frames_kept_on_the_edge_spend_no_upload_allowance";
+    let (Some(model_dir), Some(frames)) = (model_dir_or_skip(test), frames_or_skip(test, 1)) else {
+        return;
+    };
+    let (cloud_url, cloud) = fake_cloud(Behaviour::Refine).await;
+    // Every frame is hard, but the rate cap allows a single upload in the test's lifetime.
+    let one_upload = r#"{"scorer": {"name": "cross-entropy"}, "policy": {"name": "all", "policies": [
+        {"name": "threshold", "threshold": 1.0}, {"name": "rate-cap", "max_per_second": 0.001, "burst": 1}]}}"#;
+    let server = start_edge(
+        &model_dir,
+        &cloud_url,
+        &["--miner", one_upload, "--cloud-timeout-ms", "5000"],
+    )
+    .await;
+
+    // Hard frames the client keeps on the edge leave the single token unspent...
+    for _ in 0..3 {
+        let (body, _) = segment(&server, "collaborate=never", &frames[0]).await;
+        assert_eq!(body["source"], "edge", "{body}");
+        assert_eq!(body["miner"]["hard"], true, "{body}");
+    }
+    // ...so the first frame the miner may send goes to the cloud, and spends it.
+    let (body, _) = segment(&server, "deadline_ms=10000", &frames[0]).await;
+    assert_eq!(body["source"], "cloud", "{body}");
+    let (body, _) = segment(&server, "deadline_ms=10000", &frames[0]).await;
+    assert_eq!(body["source"], "edge", "{body}");
+    assert_eq!(body["miner"]["hard"], false, "{body}");
+    assert_eq!(cloud.hits.load(Ordering::SeqCst), 1);
+    let info: Value = server
+        .client
+        .get(server.url("/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["miner"]["uploads"], 1, "{info}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absent_cloud_falls_back_to_the_edge_on_time() {
     let test = "an_absent_cloud_falls_back_to_the_edge_on_time";
     let (Some(model_dir), Some(frames)) = (model_dir_or_skip(test), frames_or_skip(test, 1)) else {

@@ -84,19 +84,44 @@ impl Miner {
         dims: Dims,
         now_ms: u64,
     ) -> Result<Decision, ScoreError> {
+        self.decide_overridden(probs, dims, now_ms, None)
+    }
+
+    /// Like [`Self::decide`], for a caller that overrides the verdict: `Some(upload)` says whether the frame
+    /// really goes to the cloud, whatever the miner thinks (a client asking for `never` or `always`). The returned
+    /// decision is still the miner's own, but the policy's state and the stats follow what really happened, so a
+    /// hard frame kept back spends no budget share or rate-cap token.
+    pub fn decide_overridden(
+        &mut self,
+        probs: &[f32],
+        dims: Dims,
+        now_ms: u64,
+        uploaded: Option<bool>,
+    ) -> Result<Decision, ScoreError> {
         let score = self.scorer.score(probs, dims)?;
-        self.decide_score(score, now_ms)
+        self.judge(score, now_ms, uploaded)
     }
 
     /// Decides on a score computed elsewhere with this miner's scorer, e.g. on another
     /// thread. The score must be a finite number in `[0, 1]`.
     pub fn decide_score(&mut self, score: f32, now_ms: u64) -> Result<Decision, ScoreError> {
+        self.judge(score, now_ms, None)
+    }
+
+    fn judge(
+        &mut self,
+        score: f32,
+        now_ms: u64,
+        uploaded: Option<bool>,
+    ) -> Result<Decision, ScoreError> {
         if !(0.0..=1.0).contains(&score) {
             return Err(ScoreError::InvalidScore(score));
         }
-        let verdict = self.policy.decide(score, now_ms);
+        let verdict = self.policy.propose(score, now_ms);
+        let uploaded = uploaded.unwrap_or(verdict.upload);
+        self.policy.record(score, now_ms, uploaded);
         self.stats.frames += 1;
-        self.stats.uploads += u64::from(verdict.upload);
+        self.stats.uploads += u64::from(uploaded);
         Ok(Decision {
             score,
             hard: verdict.upload,
@@ -180,5 +205,33 @@ mod tests {
         assert!(miner.decide_score(0.5, 0).unwrap().hard);
         assert!(!miner.decide_score(0.5, 999).unwrap().hard);
         assert!(miner.decide_score(0.5, 1_000).unwrap().hard);
+    }
+
+    #[test]
+    fn an_overridden_verdict_spends_the_allowance_only_for_real_uploads() {
+        // One token per second; LeastConfidence scores this 1x1 map 0.6, and the rate cap passes every score.
+        let mut miner = Miner::new(
+            Box::new(LeastConfidence),
+            Box::new(RateCap::new(1.0, 1.0).unwrap()),
+        );
+        let (probs, dims) = ([0.6, 0.4], Dims::new(2, 1, 1));
+        // Kept back by the caller: the miner still says upload, but no token is spent.
+        let kept = miner
+            .decide_overridden(&probs, dims, 0, Some(false))
+            .unwrap();
+        assert!(kept.hard);
+        assert!(miner.decide(&probs, dims, 1).unwrap().hard);
+        // Forced up while the bucket is empty: reported as the miner's skip, counted as an upload.
+        let forced = miner
+            .decide_overridden(&probs, dims, 2, Some(true))
+            .unwrap();
+        assert!(!forced.hard);
+        assert_eq!(
+            miner.stats(),
+            MinerStats {
+                frames: 3,
+                uploads: 2
+            }
+        );
     }
 }
