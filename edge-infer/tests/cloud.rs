@@ -202,15 +202,7 @@ async fn frames_kept_on_the_edge_spend_no_upload_allowance() {
     assert_eq!(body["source"], "edge", "{body}");
     assert_eq!(body["miner"]["hard"], false, "{body}");
     assert_eq!(cloud.hits.load(Ordering::SeqCst), 1);
-    let info: Value = server
-        .client
-        .get(server.url("/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = server.info().await;
     assert_eq!(info["miner"]["uploads"], 1, "{info}");
     server.stop().await;
 }
