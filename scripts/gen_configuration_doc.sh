@@ -59,6 +59,7 @@ printf '\n## trainer\n'
 section "trainer train" trainer train
 section "trainer eval" trainer eval
 section "trainer calibrate-exposure" trainer calibrate-exposure
+section "trainer cloud-head" trainer cloud-head
 section "trainer retrain run" trainer retrain run
 section "trainer retrain watch" trainer retrain watch
 section "trainer retrain rollback" trainer retrain rollback

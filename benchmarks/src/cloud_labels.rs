@@ -1,39 +1,45 @@
 //! The label map the cloud would return for a frame (MobileSAM + a fusion rule, by default the cloud-infer
-//! defaults: guided prompting and confident-vote), computed in-process and cached as PNGs with a JSON note of
+//! defaults: guided prompting, confident-vote, the edge's scores times the semantic head's), computed in-process and cached as PNGs with a JSON note of
 //! what it cost, so benchmark reruns skip the SAM work but still report the refinement time.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use image::RgbImage;
+use models::SemanticHead;
 use models::SessionConfig;
 use models::dataset::Sample;
 use models::edge::EdgeOutput;
 use models::image_ops::{decode_label_png, encode_label_png};
 use models::paths::models_dir;
+use models::refinement::Refinement;
 use models::sam::{GeneratorConfig, Guidance, Prompting, SamModel};
-use sam_core::{FusionRule, fuse};
+use sam_core::FusionRule;
 use serde::{Deserialize, Serialize};
 
 #[derive(Args, Debug)]
 pub struct CloudArgs {
     #[arg(long, default_value_os_t = models_dir().join("mobilesam"))]
     sam_model: PathBuf,
+    /// The cloud's semantic head (used with `edge-and-head` class evidence, the cloud-infer default).
+    #[arg(long, default_value_os_t = models_dir().join("cloud-head"))]
+    semantic_head: PathBuf,
     /// Cached cloud label maps live under `<cache>/<edge model>-<settings>/`.
     #[arg(long, default_value = "runs/cache/cloud-labels")]
     cache: PathBuf,
 }
 
 /// How the cloud spends its prompts and fuses masks with the edge scores (cloud-infer's `--prompt-mode`,
-/// `--max-prompts`, `--points-per-side` and `--fusion`).
+/// `--max-prompts`, `--points-per-side`, `--fusion` and `--class-evidence`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefinementSettings {
     pub prompting: String,
     pub max_prompts: usize,
     pub points_per_side: usize,
     pub fusion: String,
+    /// `edge` or `edge-and-head`.
+    pub class_evidence: String,
 }
 
 impl Default for RefinementSettings {
@@ -43,6 +49,7 @@ impl Default for RefinementSettings {
             max_prompts: 96,
             points_per_side: 32,
             fusion: "confident-vote".into(),
+            class_evidence: "edge-and-head".into(),
         }
     }
 }
@@ -71,6 +78,15 @@ impl RefinementSettings {
         })
     }
 
+    /// Whether the semantic head contributes class evidence.
+    fn uses_head(&self) -> Result<bool> {
+        match self.class_evidence.as_str() {
+            "edge" => Ok(false),
+            "edge-and-head" => Ok(true),
+            other => bail!("class evidence `{other}` is unknown (edge or edge-and-head)"),
+        }
+    }
+
     fn cache_key(&self) -> String {
         match self.prompting.as_str() {
             "grid" => format!("grid{}-{}", self.points_per_side, self.fusion),
@@ -95,6 +111,7 @@ pub struct RefineCost {
 
 pub struct CloudLabeller {
     sam: SamModel,
+    head: Option<SemanticHead>,
     cache: PathBuf,
     settings: RefinementSettings,
     config: GeneratorConfig,
@@ -106,6 +123,7 @@ impl CloudLabeller {
     pub fn new(args: &CloudArgs, name: &str, version: &str) -> Result<Self> {
         Self::with_settings(
             &args.sam_model,
+            &args.semantic_head,
             &args.cache,
             &format!("{name}-{version}"),
             RefinementSettings::default(),
@@ -114,14 +132,27 @@ impl CloudLabeller {
 
     pub fn with_settings(
         sam_model: &std::path::Path,
+        semantic_head: &std::path::Path,
         cache_root: &std::path::Path,
         edge_key: &str,
         settings: RefinementSettings,
     ) -> Result<Self> {
-        let cache = cache_root.join(format!("{edge_key}-{}", settings.cache_key()));
+        let head = match settings.uses_head()? {
+            true => Some(
+                SemanticHead::load(semantic_head)
+                    .with_context(|| format!("loading {}", semantic_head.display()))?,
+            ),
+            false => None,
+        };
+        // Labels from another head version are other labels.
+        let head_key = head.as_ref().map_or(String::new(), |head| {
+            format!("-head{}", head.manifest().version)
+        });
+        let cache = cache_root.join(format!("{edge_key}-{}{head_key}", settings.cache_key()));
         std::fs::create_dir_all(&cache)?;
         Ok(Self {
             sam: SamModel::load(sam_model, SessionConfig::default())?,
+            head,
             cache,
             config: settings.generator()?,
             rule: settings.fusion_rule()?,
@@ -131,9 +162,10 @@ impl CloudLabeller {
 
     pub fn describe(&self) -> String {
         format!(
-            "MobileSAM {} + {}, cached in {}",
+            "MobileSAM {} + {} on {} class evidence, cached in {}",
             self.settings.cache_key(),
             self.rule.name(),
+            self.settings.class_evidence,
             self.cache.display()
         )
     }
@@ -169,7 +201,6 @@ impl CloudLabeller {
                 return Ok((cached.into_raw(), cost));
             }
         }
-        let start = Instant::now();
         let scores = Guidance {
             probabilities: edge.probabilities.clone(),
             classes: edge.classes,
@@ -177,11 +208,17 @@ impl CloudLabeller {
             height: edge.score_height,
         }
         .resized_nearest(width, height);
-        let generated = self.sam.generate(image, &self.config, Some(&scores))?;
-        let labels = fuse(&self.rule, &generated.masks, &scores);
+        let refined = Refinement {
+            sam: &self.sam,
+            head: self.head.as_ref(),
+            generator: &self.config,
+            rule: &self.rule,
+        }
+        .run(image, &scores, &scores)?;
+        let labels = refined.labels;
         let cost = RefineCost {
-            refine_ms: start.elapsed().as_secs_f64() * 1e3,
-            masks: generated.masks.len(),
+            refine_ms: refined.encoder_ms + refined.decoder_ms + refined.fusion_ms,
+            masks: refined.mask_count,
             score_size,
         };
         for (target, bytes) in [

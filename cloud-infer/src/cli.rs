@@ -14,7 +14,9 @@ use wire::ModelRef;
 
 use crate::http::{Auth, Limits, router};
 use crate::queue::{RefineQueue, now_unix_ms};
-use crate::refiner::{FusionArg, PromptModeArg, Refiner, SamRefiner, SamSettings};
+use crate::refiner::{
+    ClassEvidenceArg, FusionArg, PromptModeArg, Refiner, SamRefiner, SamSettings,
+};
 use crate::replay::{Capacity, CapacityPolicy, NewEntry, ReplayStore, export_index, open_store};
 
 #[derive(Debug, Parser)]
@@ -108,6 +110,19 @@ pub struct ServeArgs {
         default_value = "confident-vote"
     )]
     pub fusion: FusionArg,
+    /// Whose class scores label the masks. `edge-and-head` multiplies the edge's scores with the cloud's semantic
+    /// head (`--semantic-head`): on CamVid dusk it lifts the cloud's labels well above the edge's own
+    /// (benchmarks/README.md, `miners`).
+    #[arg(
+        long,
+        env = "CLOUD_INFER_CLASS_EVIDENCE",
+        value_enum,
+        default_value = "edge-and-head"
+    )]
+    pub class_evidence: ClassEvidenceArg,
+    /// The semantic head's model directory; default `models/cloud-head` of the workspace.
+    #[arg(long, env = "CLOUD_INFER_SEMANTIC_HEAD")]
+    pub semantic_head: Option<PathBuf>,
     #[arg(long, env = "CLOUD_INFER_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Largest image accepted, in pixels (default: 3840x2160).
@@ -184,12 +199,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         prompt_mode: args.prompt_mode,
         max_prompts: args.max_prompts,
         fusion: args.fusion,
+        class_evidence: args.class_evidence,
         threads: args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
+    let head_dir = args
+        .semantic_head
+        .clone()
+        .unwrap_or_else(|| models::paths::models_dir().join("cloud-head"));
     let queue = RefineQueue::start(args.queue_size, move || {
-        SamRefiner::load(&sam_dir, settings).map(|refiner| Box::new(refiner) as Box<dyn Refiner>)
+        SamRefiner::load(&sam_dir, &head_dir, settings)
+            .map(|refiner| Box::new(refiner) as Box<dyn Refiner>)
     });
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,

@@ -2,12 +2,12 @@
 //! with a stand-in and the real MobileSAM backend stays a few lines of glue.
 
 use std::path::Path;
-use std::time::Instant;
 
 use image::RgbImage;
+use models::SemanticHead;
 use models::SessionConfig;
 use models::sam::{GeneratorConfig, Prompting, SamModel};
-use sam_core::{ClassScores, ConfidentVoteParams, FusionRule, fuse};
+use sam_core::{ClassScores, ConfidentVoteParams, FusionRule};
 use serde::Serialize;
 use wire::ModelRef;
 
@@ -37,6 +37,10 @@ pub struct RefinerInfo {
     pub fusion: String,
     pub prompt_mode: String,
     pub points_per_side: usize,
+    /// Whose class scores label the masks: `edge`, or `edge-and-head`.
+    pub class_evidence: String,
+    /// The cloud's semantic head, when it contributes class evidence.
+    pub semantic_head: Option<ModelRef>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +81,16 @@ impl FusionArg {
     }
 }
 
+/// Where the class scores that label SAM's masks come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClassEvidenceArg {
+    /// The edge's scores only: the cloud sharpens the edge's opinion along SAM's masks.
+    Edge,
+    /// The edge's scores times the cloud's semantic head on the SAM embedding (a product of experts): the head was
+    /// trained on the daylight training set only and keeps its footing where the edge model drifts.
+    EdgeAndHead,
+}
+
 /// How the MobileSAM backend spends its prompts and fuses.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamSettings {
@@ -84,6 +98,7 @@ pub struct SamSettings {
     pub prompt_mode: PromptModeArg,
     pub max_prompts: usize,
     pub fusion: FusionArg,
+    pub class_evidence: ClassEvidenceArg,
     pub threads: usize,
 }
 
@@ -101,19 +116,28 @@ impl SamSettings {
 /// MobileSAM's automatic mask generator followed by a `sam_core` fusion rule.
 pub struct SamRefiner {
     model: SamModel,
+    head: Option<SemanticHead>,
     generator: GeneratorConfig,
     fusion: FusionRule,
     info: RefinerInfo,
 }
 
 impl SamRefiner {
-    pub fn load(dir: &Path, settings: SamSettings) -> Result<Self, RefinerError> {
+    /// Loads MobileSAM from `dir`, and the semantic head from `head_dir` when the settings ask for its evidence.
+    pub fn load(dir: &Path, head_dir: &Path, settings: SamSettings) -> Result<Self, RefinerError> {
         let session = SessionConfig {
             intra_threads: settings.threads.max(1),
             ..SessionConfig::default()
         };
         let model = SamModel::load(dir, session)
             .map_err(|e| RefinerError(format!("loading {}: {e}", dir.display())))?;
+        let head = match settings.class_evidence {
+            ClassEvidenceArg::Edge => None,
+            ClassEvidenceArg::EdgeAndHead => Some(
+                SemanticHead::load(head_dir)
+                    .map_err(|e| RefinerError(format!("loading {}: {e}", head_dir.display())))?,
+            ),
+        };
         let fusion = settings.fusion.rule();
         let info = RefinerInfo {
             model: ModelRef {
@@ -123,9 +147,19 @@ impl SamRefiner {
             fusion: fusion.name().to_string(),
             prompt_mode: format!("{:?}", settings.prompt_mode).to_lowercase(),
             points_per_side: settings.points_per_side,
+            class_evidence: match settings.class_evidence {
+                ClassEvidenceArg::Edge => "edge",
+                ClassEvidenceArg::EdgeAndHead => "edge-and-head",
+            }
+            .into(),
+            semantic_head: head.as_ref().map(|head| ModelRef {
+                name: head.manifest().name.clone(),
+                version: head.manifest().version.clone(),
+            }),
         };
         Ok(Self {
             model,
+            head,
             generator: settings.generator(),
             fusion,
             info,
@@ -139,18 +173,20 @@ impl Refiner for SamRefiner {
     }
 
     fn refine(&mut self, frame: RefineFrame<'_>) -> Result<Refinement, RefinerError> {
-        let generated = self
-            .model
-            .generate(frame.image, &self.generator, Some(frame.edge_scores))
-            .map_err(|e| RefinerError(e.to_string()))?;
-        let fusion_start = Instant::now();
-        let labels = fuse(&self.fusion, &generated.masks, frame.edge_scores_full);
+        let refined = models::refinement::Refinement {
+            sam: &self.model,
+            head: self.head.as_ref(),
+            generator: &self.generator,
+            rule: &self.fusion,
+        }
+        .run(frame.image, frame.edge_scores, frame.edge_scores_full)
+        .map_err(|e| RefinerError(e.to_string()))?;
         Ok(Refinement {
-            labels,
-            mask_count: generated.masks.len() as u32,
-            encoder_ms: generated.encoder_ms,
-            decoder_ms: generated.decoder_ms + generated.postprocess_ms,
-            fusion_ms: fusion_start.elapsed().as_secs_f64() * 1e3,
+            labels: refined.labels,
+            mask_count: refined.mask_count as u32,
+            encoder_ms: refined.encoder_ms,
+            decoder_ms: refined.decoder_ms,
+            fusion_ms: refined.fusion_ms,
         })
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use models::paths::edge_model_dir;
 use std::sync::Arc;
 
-use cloud_infer::refiner::{FusionArg, PromptModeArg};
+use cloud_infer::refiner::{ClassEvidenceArg, FusionArg, PromptModeArg};
 use cloud_infer::replay::{Capacity, ReplayStore, SqliteReplayStore};
 use cloud_infer::{RefineQueue, Refiner, SamRefiner, SamSettings, router};
 use common::*;
@@ -57,10 +57,13 @@ async fn refined_dusk_frames_score_at_least_the_edge_miou() {
         max_prompts: 48,
         // The service's rule. SSA's majority vote falls below a good edge model on dusk (benchmarks/README.md).
         fusion: FusionArg::ConfidentVote,
+        class_evidence: ClassEvidenceArg::EdgeAndHead,
         threads: 2,
     };
+    let head_dir = models::paths::models_dir().join("cloud-head");
     let queue = RefineQueue::start(2, move || {
-        SamRefiner::load(&sam_dir, settings).map(|refiner| Box::new(refiner) as Box<dyn Refiner>)
+        SamRefiner::load(&sam_dir, &head_dir, settings)
+            .map(|refiner| Box::new(refiner) as Box<dyn Refiner>)
     });
     let edge =
         EdgeModel::load(&edge_model_dir(), SessionConfig::default()).expect("edge model loads");

@@ -29,9 +29,11 @@ RUN apt-get update \
 COPY --from=onnxruntime /opt/onnxruntime/lib/ /opt/onnxruntime/lib/
 COPY --from=builder /out/cloud-infer /usr/local/bin/cloud-infer
 COPY models/mobilesam/ /opt/cloud-infer/models/mobilesam/
+COPY models/cloud-head/ /opt/cloud-infer/models/cloud-head/
 ENV ORT_DYLIB_PATH=/opt/onnxruntime/lib/libonnxruntime.so.1.31.1 \
     MODELS_DIR=/opt/cloud-infer/models \
     CLOUD_INFER_SAM_DIR=/opt/cloud-infer/models/mobilesam \
+    CLOUD_INFER_SEMANTIC_HEAD=/opt/cloud-infer/models/cloud-head \
     CLOUD_INFER_LISTEN=0.0.0.0:8090 \
     CLOUD_INFER_BUFFER=/var/lib/cloud-infer/replay-buffer
 VOLUME ["/var/lib/cloud-infer"]

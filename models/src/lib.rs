@@ -11,10 +11,13 @@ pub mod manifest;
 pub mod metrics;
 pub mod onnx_weights;
 pub mod paths;
+pub mod refinement;
 pub mod replay_export;
 pub mod runtime;
 pub mod sam;
+pub mod semantic_head;
 
 pub use edge::{EdgeModel, EdgeOutput};
 pub use manifest::{Manifest, ManifestError};
 pub use runtime::{SessionConfig, init_runtime};
+pub use semantic_head::SemanticHead;

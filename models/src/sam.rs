@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use image::RgbImage;
-use ndarray::{Array3, Array4};
+use ndarray::{Array2, Array3, Array4, s};
 use ort::session::Session;
 use ort::value::TensorRef;
 use sam_core::{
@@ -47,19 +47,56 @@ pub enum SamError {
 /// The encoder's output for one image, reusable across many `generate` calls.
 #[derive(Debug, Clone)]
 pub struct Embedding {
-    embeddings: Array4<f32>,
-    width: u32,
-    height: u32,
-    content_width: u32,
-    content_height: u32,
+    pub(crate) embeddings: Array4<f32>,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    pub(crate) content_width: u32,
+    pub(crate) content_height: u32,
     /// Time the encoder took (preprocessing included).
     pub encoder_ms: f64,
 }
+
+/// Side of the square of encoder input pixels one embedding cell summarises (SAM: 1024 input, 64x64 cells).
+pub const EMBEDDING_CELL: u32 = 16;
 
 impl Embedding {
     /// Size of the image it was computed from.
     pub fn image_size(&self) -> (u32, u32) {
         (self.width, self.height)
+    }
+
+    /// Columns and rows of cells that cover the image (the rest cover the zero padding).
+    pub fn content_cells(&self) -> (usize, usize) {
+        let cells = |content: u32, total: usize| {
+            content.div_ceil(EMBEDDING_CELL).min(total as u32) as usize
+        };
+        let (_, _, rows, columns) = self.embeddings.dim();
+        (
+            cells(self.content_width, columns),
+            cells(self.content_height, rows),
+        )
+    }
+
+    /// Encoder input pixels per image pixel, horizontally and vertically.
+    pub fn input_scale(&self) -> (f32, f32) {
+        (
+            self.content_width as f32 / self.width as f32,
+            self.content_height as f32 / self.height as f32,
+        )
+    }
+
+    /// The embedding vectors of the cells that cover the image, one row per cell in row-major order.
+    pub fn content_features(&self) -> Array2<f32> {
+        let (columns, rows) = self.content_cells();
+        let channels = self.embeddings.dim().1;
+        let view = self.embeddings.slice(s![0, .., ..rows, ..columns]);
+        let mut features = Array2::zeros((rows * columns, channels));
+        for (c, plane) in view.outer_iter().enumerate() {
+            for (cell, &value) in plane.iter().enumerate() {
+                features[[cell, c]] = value;
+            }
+        }
+        features
     }
 }
 

@@ -85,6 +85,36 @@ impl ClassScores {
             height,
         }
     }
+
+    /// Two independent opinions about the same pixels combined as a product of experts: the normalised product of
+    /// their probabilities, so a class wins where both find it plausible and either can rule one out. Each
+    /// probability is floored at `PRODUCT_FLOOR` so one overconfident zero cannot veto alone. `None` when the
+    /// two disagree on size or class count.
+    pub fn product(&self, other: &ClassScores) -> Option<ClassScores> {
+        const PRODUCT_FLOOR: f32 = 1e-6;
+        if (self.classes, self.width, self.height) != (other.classes, other.width, other.height) {
+            return None;
+        }
+        let plane = self.plane();
+        let mut probabilities: Vec<f32> = self
+            .probabilities
+            .iter()
+            .zip(&other.probabilities)
+            .map(|(a, b)| a.max(PRODUCT_FLOOR) * b.max(PRODUCT_FLOOR))
+            .collect();
+        for p in 0..plane {
+            let total: f32 = (0..self.classes)
+                .map(|c| probabilities[c * plane + p])
+                .sum();
+            for c in 0..self.classes {
+                probabilities[c * plane + p] /= total;
+            }
+        }
+        Some(ClassScores {
+            probabilities,
+            ..*self
+        })
+    }
 }
 
 /// Parameters of [`FusionRule::ConfidentVote`].
@@ -275,6 +305,36 @@ mod tests {
     const B: [f32; 3] = [0.1, 0.5, 0.4];
     const C: [f32; 3] = [0.0, 0.0, 1.0];
     const SURE_A: [f32; 3] = [0.97, 0.02, 0.01];
+
+    #[test]
+    fn the_product_of_two_opinions_picks_the_class_both_find_plausible() {
+        let edge = scores([[0.5, 0.4, 0.1]; 8]);
+        let head = scores([[0.1, 0.5, 0.4]; 8]);
+        let combined = edge.product(&head).unwrap();
+        // 0.05 : 0.20 : 0.04, normalised; neither input alone picks class 1 over both others this clearly.
+        assert_eq!(combined.labels(), vec![1; 8]);
+        assert!((combined.probabilities[8] - 0.20 / 0.29).abs() < 1e-6);
+        let sums: Vec<f32> = (0..8)
+            .map(|p| (0..3).map(|c| combined.probabilities[c * 8 + p]).sum())
+            .collect();
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6));
+        // A hard zero in one opinion is floored, not an absolute veto.
+        let certain = scores([[0.0, 0.0, 1.0]; 8]);
+        let doubtful = scores([[0.0, 0.999999, 0.000001]; 8]);
+        assert!(
+            certain
+                .product(&doubtful)
+                .unwrap()
+                .probabilities
+                .iter()
+                .all(|p| p.is_finite())
+        );
+        let smaller = ClassScores {
+            width: 2,
+            ..scores([[1.0, 0.0, 0.0]; 8])
+        };
+        assert!(edge.product(&smaller).is_none());
+    }
 
     #[test]
     fn ssa_vote_takes_the_majority_and_small_masks_win() {

@@ -4,6 +4,7 @@
 //! an ONNX graph with the same parameter names. This crate fine-tunes the TorchScript module and writes the trained
 //! weights back into the ONNX graph that the edge runs; the lifelong retraining job reuses it unchanged.
 
+pub mod cloud_head;
 pub mod data;
 pub mod export;
 pub mod gate;

@@ -31,6 +31,8 @@ enum Command {
     /// Turn on exposure normalisation in a model directory: frames darker than the mean brightness of the training
     /// frames are brightened to it before inference (written into the manifest as a new version; weights unchanged).
     CalibrateExposure(ExposureArgs),
+    /// Train the cloud's semantic head on MobileSAM embeddings of labelled frames (the initial training set).
+    CloudHead(CloudHeadArgs),
     /// Lifelong retraining on the replay buffer, labelled by the cloud, gated, published into a model registry.
     Retrain {
         #[command(subcommand)]
@@ -109,6 +111,40 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+struct CloudHeadArgs {
+    /// The SAM model whose embeddings the head reads.
+    #[arg(long, default_value_os_t = models::paths::models_dir().join("mobilesam"))]
+    sam_model: PathBuf,
+    /// The labelled frames to learn from: the edge model's training set, never the drift's frames.
+    #[arg(long)]
+    train_index: PathBuf,
+    /// Labelled frames scored after training; each figure goes into the manifest.
+    #[arg(long = "eval-index")]
+    eval_indexes: Vec<PathBuf>,
+    /// The edge model whose class names and colours the head uses.
+    #[arg(long, default_value_os_t = models::paths::edge_model_dir())]
+    classes_from: PathBuf,
+    #[arg(long, default_value = "models/cloud-head")]
+    out: PathBuf,
+    #[arg(long, default_value = "1.0.0")]
+    version: String,
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    #[arg(long, default_value_t = 8)]
+    epochs: usize,
+    #[arg(long, default_value_t = 4096)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    learning_rate: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    #[arg(long, env = "TRAIN_THREADS", default_value_t = 2)]
+    threads: usize,
+}
+
+#[derive(Args)]
 struct ExposureArgs {
     /// The model directory to update in place.
     #[arg(long, default_value = "models/edge/current")]
@@ -130,8 +166,95 @@ fn main() -> Result<()> {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::CalibrateExposure(args) => calibrate_exposure(&args),
+        Command::CloudHead(args) => cloud_head(&args),
         Command::Retrain { action } => retrain_cli::run(action),
     }
+}
+
+fn cloud_head(args: &CloudHeadArgs) -> Result<()> {
+    use trainer::cloud_head::{
+        HeadInfo, HeadTrainConfig, embed_cells, evaluate_head, train_head, write_head,
+    };
+    tch::set_num_threads(args.threads as i32);
+    let sam = models::sam::SamModel::load(
+        &args.sam_model,
+        SessionConfig {
+            intra_threads: args.threads,
+            ..SessionConfig::default()
+        },
+    )
+    .with_context(|| format!("loading {}", args.sam_model.display()))?;
+    let edge = models::manifest::LoadedManifest::load_unverified(&args.classes_from)?.manifest;
+    let samples = read_index(&args.train_index, None)?;
+    let bar = trainer::progress::bar(samples.len() as u64, "embedding");
+    let data = embed_cells(&sam, &samples, edge.classes.len(), |i| {
+        bar.set_position(i as u64)
+    })?;
+    bar.finish_and_clear();
+    let config = HeadTrainConfig {
+        hidden: args.hidden,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.learning_rate,
+        weight_decay: args.weight_decay,
+        seed: args.seed,
+    };
+    println!(
+        "training a {}-{}-{} head on {} cells of {} frames for {} epochs",
+        data.channels,
+        config.hidden,
+        data.classes,
+        data.cells(),
+        samples.len(),
+        config.epochs
+    );
+    let weights = train_head(&data, &config, |epoch, loss| {
+        println!("epoch {epoch:>3}  loss {loss:.4}")
+    })?;
+    drop(data);
+    let info = |metrics| HeadInfo {
+        name: "mobilesam-semantic-head".into(),
+        version: args.version.clone(),
+        sam: sam.manifest(),
+        classes: edge.classes.clone(),
+        produced_by: format!(
+            "trainer cloud-head --train-index {} --hidden {} --epochs {} --batch-size {} --learning-rate {} --weight-decay {} --seed {}",
+            args.train_index.display(),
+            args.hidden,
+            args.epochs,
+            args.batch_size,
+            args.learning_rate,
+            args.weight_decay,
+            args.seed
+        ),
+        training_data: args.train_index.display().to_string(),
+        metrics,
+    };
+    write_head(&weights, &args.out, info(BTreeMap::new()))?;
+    // Score the head as written, so the figures are those of the file the cloud loads.
+    let head = models::SemanticHead::load(&args.out)?;
+    let names = edge.class_names();
+    let mut metrics = BTreeMap::new();
+    for index in &args.eval_indexes {
+        let samples = read_index(index, None)?;
+        let bar = trainer::progress::bar(samples.len() as u64, "eval");
+        let scores = evaluate_head(&head, &sam, &samples, |i| bar.set_position(i as u64))?;
+        bar.finish_and_clear();
+        println!(
+            "## {} ({} frames)\n\n{}",
+            index.display(),
+            samples.len(),
+            scores.table(&names)
+        );
+        let split = index
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        metrics.insert(format!("{split}/miou"), scores.miou);
+    }
+    write_head(&weights, &args.out, info(metrics))?;
+    println!("published {} version {}", args.out.display(), args.version);
+    Ok(())
 }
 
 fn calibrate_exposure(args: &ExposureArgs) -> Result<()> {

@@ -75,6 +75,7 @@ pub struct RefineTimings {
     pub queue_ms: f64,
     pub encoder_ms: f64,
     pub decoder_ms: f64,
+    /// Class evidence (the cloud's semantic head, when it is used) and labelling the masks.
     pub fusion_ms: f64,
     pub total_ms: f64,
 }

@@ -147,10 +147,11 @@ pub fn load_segmenter(spec: &RunSpec, default_threads: usize) -> Result<Segmente
 }
 
 /// The cloud-infer defaults, overridden by the `cloud_refinement` module's `prompt_mode`, `max_prompts`,
-/// `points_per_side` and `fusion`.
+/// `points_per_side`, `fusion`, `class_evidence` and `semantic_head` (a model directory).
 pub fn cloud_labeller(spec: &RunSpec, cache: &Path, edge_key: &str) -> Result<CloudLabeller> {
     let mut settings = RefinementSettings::default();
     let mut sam_dir = models_dir().join("mobilesam");
+    let mut head_dir = models_dir().join("cloud-head");
     if let Some(module) = spec.module(ModuleType::CloudRefinement) {
         if module.name != "mobilesam" {
             bail!(
@@ -167,6 +168,12 @@ pub fn cloud_labeller(spec: &RunSpec, cache: &Path, edge_key: &str) -> Result<Cl
         if let Some(fusion) = module.string("fusion")? {
             settings.fusion = fusion;
         }
+        if let Some(evidence) = module.string("class_evidence")? {
+            settings.class_evidence = evidence;
+        }
+        if let Some(dir) = module.string("semantic_head")? {
+            head_dir = dir.into();
+        }
         if let Some(n) = module.number("max_prompts")? {
             settings.max_prompts = n as usize;
         }
@@ -174,7 +181,7 @@ pub fn cloud_labeller(spec: &RunSpec, cache: &Path, edge_key: &str) -> Result<Cl
             settings.points_per_side = n as usize;
         }
     }
-    CloudLabeller::with_settings(&sam_dir, cache, edge_key, settings)
+    CloudLabeller::with_settings(&sam_dir, &head_dir, cache, edge_key, settings)
 }
 
 /// The `hard_example_mining` module as a miner: its name is the scorer; `upload_ratio` (with optional `window`

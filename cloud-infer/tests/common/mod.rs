@@ -100,6 +100,8 @@ impl Refiner for EchoRefiner {
             fusion: "none".into(),
             prompt_mode: "none".into(),
             points_per_side: 0,
+            class_evidence: "none".into(),
+            semantic_head: None,
         }
     }
 

@@ -1,0 +1,278 @@
+//! Training the cloud's semantic head ([`models::semantic_head`]): MobileSAM embeddings of labelled daylight frames,
+//! one sample per embedding cell with the cell's class fractions as a soft target, and a two-layer MLP fitted with
+//! libtorch. Only the initial training set's labels are used, so the cloud's labels for the drift stay label-free.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use models::dataset::Sample;
+use models::manifest::{ClassInfo, FileEntry, Manifest, Provenance};
+use models::metrics::{ConfusionMatrix, SegmentationScores};
+use models::sam::SamModel;
+use models::semantic_head::{HeadWeights, SEMANTIC_HEAD_KIND, SemanticHead, cell_targets};
+use ndarray::{Array1, Array2};
+use tch::{Device, Kind, Tensor, nn, nn::Module, nn::OptimizerConfig};
+
+pub const WEIGHTS_FILE: &str = "semantic_head.safetensors";
+
+/// Embedding cells of labelled frames: features [cells, channels] and soft targets [cells, classes].
+pub struct CellDataset {
+    pub features: Vec<f32>,
+    pub targets: Vec<f32>,
+    pub channels: usize,
+    pub classes: usize,
+}
+
+impl CellDataset {
+    pub fn cells(&self) -> usize {
+        self.targets.len() / self.classes
+    }
+}
+
+/// Embeds every frame of `samples` and collects its labelled cells (cells without a labelled pixel are skipped).
+pub fn embed_cells(
+    sam: &SamModel,
+    samples: &[Sample],
+    classes: usize,
+    mut on_frame: impl FnMut(usize),
+) -> Result<CellDataset> {
+    let mut data = CellDataset {
+        features: Vec::new(),
+        targets: Vec::new(),
+        channels: 0,
+        classes,
+    };
+    for (i, sample) in samples.iter().enumerate() {
+        let (image, label) = sample.load_labelled()?;
+        let embedding = sam.embed(&image)?;
+        let features = embedding.content_features();
+        let targets = cell_targets(label.as_raw(), &embedding, classes);
+        data.channels = features.ncols();
+        for (feature, target) in features.outer_iter().zip(targets.outer_iter()) {
+            if target.sum() > 0.0 {
+                data.features.extend(feature.iter());
+                data.targets.extend(target.iter());
+            }
+        }
+        on_frame(i + 1);
+    }
+    if data.cells() == 0 {
+        bail!("no labelled cells in {} frames", samples.len());
+    }
+    Ok(data)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadTrainConfig {
+    pub hidden: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub seed: i64,
+}
+
+impl Default for HeadTrainConfig {
+    fn default() -> Self {
+        Self {
+            hidden: 256,
+            epochs: 8,
+            batch_size: 4096,
+            learning_rate: 1e-3,
+            weight_decay: 1e-4,
+            seed: 0,
+        }
+    }
+}
+
+/// 1/sqrt(frequency) per class, scaled so the average cell weighs 1 (the edge model's loss weighting).
+fn class_weights(targets: &Tensor) -> Tensor {
+    let frequency = targets.sum_dim_intlist(0, false, Kind::Float);
+    let frequency = &frequency / frequency.sum(Kind::Float);
+    let weights = frequency.clamp_min(1e-6).rsqrt();
+    let mean = (&weights * &frequency).sum(Kind::Float);
+    weights / mean
+}
+
+/// Fits the head with AdamW and a cosine learning-rate schedule; `on_epoch` gets each epoch's mean loss.
+pub fn train_head(
+    data: &CellDataset,
+    config: &HeadTrainConfig,
+    mut on_epoch: impl FnMut(usize, f64),
+) -> Result<HeadWeights> {
+    tch::manual_seed(config.seed);
+    let cells = data.cells() as i64;
+    let (channels, classes) = (data.channels as i64, data.classes as i64);
+    let features = Tensor::from_slice(&data.features).view([cells, channels]);
+    let targets = Tensor::from_slice(&data.targets).view([cells, classes]);
+    let mean = features.mean_dim(0, false, Kind::Float);
+    let std = features.std_dim(0, false, false).clamp_min(1e-6);
+    let features = (&features - &mean) / &std;
+    let cell_weights = targets.matmul(&class_weights(&targets));
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    let hidden = config.hidden as i64;
+    let first = nn::linear(vs.root() / "first", channels, hidden, Default::default());
+    let second = nn::linear(vs.root() / "second", hidden, classes, Default::default());
+    let mut optimizer = nn::AdamW {
+        wd: config.weight_decay,
+        ..Default::default()
+    }
+    .build(&vs, config.learning_rate)?;
+    let batch = config.batch_size.max(1) as i64;
+    for epoch in 0..config.epochs {
+        let cosine =
+            0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / config.epochs as f64).cos());
+        optimizer.set_lr(config.learning_rate * cosine);
+        let order = Tensor::randperm(cells, (Kind::Int64, Device::Cpu));
+        let (mut loss_sum, mut batches) = (0.0, 0);
+        for start in (0..cells).step_by(batch as usize) {
+            let index = order.narrow(0, start, batch.min(cells - start));
+            let x = features.index_select(0, &index);
+            let y = targets.index_select(0, &index);
+            let w = cell_weights.index_select(0, &index);
+            let log_p = second
+                .forward(&first.forward(&x).relu())
+                .log_softmax(-1, Kind::Float);
+            let per_cell = -(y * log_p).sum_dim_intlist(-1, false, Kind::Float);
+            let loss = (per_cell * &w).sum(Kind::Float) / w.sum(Kind::Float).clamp_min(1e-6);
+            optimizer.backward_step(&loss);
+            loss_sum += loss.double_value(&[]);
+            batches += 1;
+        }
+        on_epoch(epoch + 1, loss_sum / f64::from(batches.max(1)));
+    }
+    // nn::Linear keeps [out, in]; the head reads [in, out].
+    let vector = |t: &Tensor| -> Result<Array1<f32>> {
+        Ok(Array1::from(Vec::<f32>::try_from(t.flatten(0, -1))?))
+    };
+    let matrix = |t: &Tensor| -> Result<Array2<f32>> {
+        let t = t.tr().contiguous();
+        let (rows, columns) = (t.size()[0] as usize, t.size()[1] as usize);
+        Ok(Array2::from_shape_vec(
+            (rows, columns),
+            Vec::<f32>::try_from(t.flatten(0, -1))?,
+        )?)
+    };
+    Ok(HeadWeights {
+        feature_mean: vector(&mean)?,
+        feature_std: vector(&std)?,
+        w1: matrix(&first.ws)?,
+        b1: vector(first.bs.as_ref().context("the first layer has a bias")?)?,
+        w2: matrix(&second.ws)?,
+        b2: vector(second.bs.as_ref().context("the second layer has a bias")?)?,
+    })
+}
+
+/// What goes into the manifest besides the weights.
+pub struct HeadInfo<'a> {
+    pub name: String,
+    pub version: String,
+    pub sam: &'a Manifest,
+    pub classes: Vec<ClassInfo>,
+    pub produced_by: String,
+    pub training_data: String,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Writes the weights and a checksummed manifest into `dir` (created if needed).
+pub fn write_head(weights: &HeadWeights, dir: &Path, info: HeadInfo<'_>) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tensor = |values: &[f32], shape: &[usize]| {
+        Tensor::from_slice(values).view(
+            shape
+                .iter()
+                .map(|&d| d as i64)
+                .collect::<Vec<_>>()
+                .as_slice(),
+        )
+    };
+    let slice = |a: &Array1<f32>| a.as_slice().expect("contiguous").to_vec();
+    let named = [
+        (
+            "feature_mean",
+            tensor(&slice(&weights.feature_mean), &[weights.channels()]),
+        ),
+        (
+            "feature_std",
+            tensor(&slice(&weights.feature_std), &[weights.channels()]),
+        ),
+        (
+            "w1",
+            tensor(
+                weights
+                    .w1
+                    .as_standard_layout()
+                    .as_slice()
+                    .expect("standard layout"),
+                weights.w1.shape(),
+            ),
+        ),
+        ("b1", tensor(&slice(&weights.b1), &[weights.b1.len()])),
+        (
+            "w2",
+            tensor(
+                weights
+                    .w2
+                    .as_standard_layout()
+                    .as_slice()
+                    .expect("standard layout"),
+                weights.w2.shape(),
+            ),
+        ),
+        ("b2", tensor(&slice(&weights.b2), &[weights.b2.len()])),
+    ];
+    Tensor::write_safetensors(&named, dir.join(WEIGHTS_FILE))?;
+    let sam = info.sam;
+    let mut manifest = Manifest {
+        name: info.name,
+        version: info.version,
+        kind: SEMANTIC_HEAD_KIND.into(),
+        files: BTreeMap::from([(
+            "weights".to_string(),
+            FileEntry {
+                path: WEIGHTS_FILE.into(),
+                sha256: String::new(),
+                bytes: 0,
+            },
+        )]),
+        provenance: Provenance {
+            source_package: sam.provenance.source_package.clone(),
+            source_version: sam.provenance.source_version.clone(),
+            checkpoint: format!("embeddings of {} {}", sam.name, sam.version),
+            checkpoint_sha256: sam
+                .files
+                .get("encoder")
+                .map(|e| e.sha256.clone())
+                .unwrap_or_default(),
+            produced_by: info.produced_by,
+            parent_version: None,
+            training_data: Some(info.training_data),
+        },
+        classes: info.classes,
+        input: sam.input.clone(),
+        outputs: Vec::new(),
+        metrics: info.metrics,
+    };
+    manifest.write_with_checksums(dir)?;
+    Ok(())
+}
+
+/// Scores the head's own labels (argmax of its class scores) on labelled frames.
+pub fn evaluate_head(
+    head: &SemanticHead,
+    sam: &SamModel,
+    samples: &[Sample],
+    mut on_frame: impl FnMut(usize),
+) -> Result<SegmentationScores> {
+    let classes = head.weights().classes();
+    let mut confusion = ConfusionMatrix::new(classes);
+    for (i, sample) in samples.iter().enumerate() {
+        let (image, label) = sample.load_labelled()?;
+        let scores = head.class_scores(&sam.embed(&image)?)?;
+        confusion.add(label.as_raw(), &scores.labels());
+        on_frame(i + 1);
+    }
+    Ok(confusion.scores())
+}

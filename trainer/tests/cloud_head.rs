@@ -1,0 +1,85 @@
+//! Training the cloud's semantic head end to end on real frames: MobileSAM embeddings of two labelled day-train
+//! frames, a small MLP fitted with libtorch, written as safetensors plus a checksummed manifest, and loaded back by
+//! the models crate exactly as the cloud loads it. Skips loudly without CamVid.
+
+use models::SemanticHead;
+use models::paths::{camvid_or_skip, edge_model_dir, models_dir};
+use models::sam::SamModel;
+use models::{Manifest, SessionConfig};
+use trainer::cloud_head::{
+    HeadInfo, HeadTrainConfig, embed_cells, evaluate_head, train_head, write_head,
+};
+
+#[test]
+fn a_head_trained_on_two_frames_learns_them_and_loads_back() -> anyhow::Result<()> {
+    let Some(camvid) = camvid_or_skip("a_head_trained_on_two_frames_learns_them_and_loads_back")
+    else {
+        return Ok(());
+    };
+    let samples: Vec<_> = models::dataset::read_index(&camvid.join("index/day-train.txt"), None)?
+        .into_iter()
+        .step_by(100)
+        .take(2)
+        .collect();
+    let sam = SamModel::load(&models_dir().join("mobilesam"), SessionConfig::default())?;
+    let edge: Manifest =
+        models::manifest::LoadedManifest::load_unverified(&edge_model_dir())?.manifest;
+    let classes = edge.classes.len();
+    let data = embed_cells(&sam, &samples, classes, |_| {})?;
+    assert_eq!(data.channels, 256);
+    // 480x360 frames cover 64x48 cells; CamVid labels nearly every one.
+    assert!(
+        data.cells() > 2 * 3000 && data.cells() <= 2 * 64 * 48,
+        "{} cells",
+        data.cells()
+    );
+
+    let config = HeadTrainConfig {
+        hidden: 32,
+        epochs: 6,
+        batch_size: 512,
+        ..HeadTrainConfig::default()
+    };
+    let mut losses = Vec::new();
+    let weights = train_head(&data, &config, |_, loss| losses.push(loss))?;
+    assert_eq!(losses.len(), 6);
+    assert!(losses[5] < 0.7 * losses[0], "loss did not fall: {losses:?}");
+    assert_eq!(
+        (weights.channels(), weights.w1.ncols(), weights.classes()),
+        (256, 32, classes)
+    );
+
+    let dir = tempfile::tempdir()?;
+    let info = HeadInfo {
+        name: "test-head".into(),
+        version: "0.0.1".into(),
+        sam: sam.manifest(),
+        classes: edge.classes.clone(),
+        produced_by: "trainer/tests/cloud_head.rs".into(),
+        training_data: "two day-train frames".into(),
+        metrics: Default::default(),
+    };
+    write_head(&weights, dir.path(), info)?;
+    let head = SemanticHead::load(dir.path())?;
+    assert_eq!(
+        head.weights(),
+        &weights,
+        "the weights changed on the way through the file"
+    );
+    assert_eq!(head.manifest().class_names(), edge.class_names());
+
+    let scores = evaluate_head(&head, &sam, &samples, |_| {})?;
+    assert!(
+        scores.pixel_accuracy > 0.8,
+        "pixel accuracy on its own training frames: {:.3}",
+        scores.pixel_accuracy
+    );
+
+    // A corrupted weights file is refused by its checksum.
+    std::fs::write(
+        dir.path().join(trainer::cloud_head::WEIGHTS_FILE),
+        b"garbage",
+    )?;
+    assert!(SemanticHead::load(dir.path()).is_err());
+    Ok(())
+}
