@@ -1,6 +1,6 @@
 //! End to end with the real models: the edge model scores real CamVid dusk frames, the cloud refines them with
-//! MobileSAM (a small 8x8 grid to keep each frame to seconds) through HTTP, and the refined labels must score at
-//! least as well as the edge's over the whole set (when the edge model is a trained one).
+//! MobileSAM and its semantic head through HTTP, and the refined labels must beat the edge's by a clear margin over
+//! the whole set: correcting the edge where it drifts is what the cloud is for.
 
 mod common;
 
@@ -15,8 +15,7 @@ use models::metrics::ConfusionMatrix;
 use models::{EdgeModel, SessionConfig};
 use wire::{QuantisedScores, RefineResponse};
 
-/// Frames refined: the whole dusk-eval split (22), about 2 s each on two cores. With a good edge model the
-/// refinement gains well under a point, so a smaller sample would test noise rather than the rule.
+/// Frames refined: the whole dusk-eval split (22), about 2 s each on two cores.
 const FRAMES: usize = 22;
 /// The wire's score resolution, as the edge sends it.
 const SCORE_WIDTH: u32 = wire::UPLOAD_SCORES_WIDTH;
@@ -134,9 +133,10 @@ async fn refined_dusk_frames_score_at_least_the_edge_miou() {
     let stats = store.stats().unwrap();
     assert_eq!(stats.count, FRAMES as u64);
     assert_eq!(stats.per_domain["dusk"], FRAMES as u64);
+    // Measured with the service defaults (96 prompts): 0.5344 against the edge's 0.4574 (benchmarks/README.md).
     assert!(
-        cloud_scores.miou >= edge_scores.miou,
-        "refinement lowered mIoU: edge {:.4}, refined {:.4}",
+        cloud_scores.miou >= edge_scores.miou + 0.04,
+        "refinement gained too little: edge {:.4}, refined {:.4}",
         edge_scores.miou,
         cloud_scores.miou
     );

@@ -6,12 +6,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use image::RgbImage;
 use models::dataset::Sample;
 use models::manifest::{ClassInfo, FileEntry, Manifest, Provenance};
 use models::metrics::{ConfusionMatrix, SegmentationScores};
 use models::sam::SamModel;
 use models::semantic_head::{HeadWeights, SEMANTIC_HEAD_KIND, SemanticHead, cell_targets};
 use ndarray::{Array1, Array2};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor, nn, nn::Module, nn::OptimizerConfig};
 
 pub const WEIGHTS_FILE: &str = "semantic_head.safetensors";
@@ -30,13 +33,55 @@ impl CellDataset {
     }
 }
 
-/// Embeds every frame of `samples` and collects its labelled cells (cells without a labelled pixel are skipped).
+/// Low-light copies of the training frames: each copy is the frame at `gain * (v / 255)^gamma * 255`, with gain and
+/// gamma drawn uniformly from the ranges. Dusk is what the robot meets that daylight labels never show; darkening
+/// the daylight frames is the label-free way to show it (no frame of the drift is used).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LowLight {
+    pub copies: usize,
+    pub gain: (f32, f32),
+    pub gamma: (f32, f32),
+    pub seed: u64,
+}
+
+impl Default for LowLight {
+    /// Day-train's mean brightness (146) falls to about 40-90, around CamVid's dusk drive (55).
+    fn default() -> Self {
+        Self {
+            copies: 1,
+            gain: (0.3, 0.7),
+            gamma: (1.0, 1.6),
+            seed: 0,
+        }
+    }
+}
+
+/// `image` as if lit by `gain` and seen through `gamma`.
+pub fn darken(image: &RgbImage, gain: f32, gamma: f32) -> RgbImage {
+    let table: Vec<u8> = (0..=255u8)
+        .map(|v| {
+            (255.0 * gain * (f32::from(v) / 255.0).powf(gamma))
+                .round()
+                .clamp(0.0, 255.0) as u8
+        })
+        .collect();
+    let mut out = image.clone();
+    for value in out.iter_mut() {
+        *value = table[usize::from(*value)];
+    }
+    out
+}
+
+/// Embeds every frame of `samples`, and its low-light copies, and collects the labelled cells (cells without a
+/// labelled pixel are skipped).
 pub fn embed_cells(
     sam: &SamModel,
     samples: &[Sample],
     classes: usize,
+    low_light: &LowLight,
     mut on_frame: impl FnMut(usize),
 ) -> Result<CellDataset> {
+    let mut rng = StdRng::seed_from_u64(low_light.seed);
     let mut data = CellDataset {
         features: Vec::new(),
         targets: Vec::new(),
@@ -45,14 +90,22 @@ pub fn embed_cells(
     };
     for (i, sample) in samples.iter().enumerate() {
         let (image, label) = sample.load_labelled()?;
-        let embedding = sam.embed(&image)?;
-        let features = embedding.content_features();
-        let targets = cell_targets(label.as_raw(), &embedding, classes);
-        data.channels = features.ncols();
-        for (feature, target) in features.outer_iter().zip(targets.outer_iter()) {
-            if target.sum() > 0.0 {
-                data.features.extend(feature.iter());
-                data.targets.extend(target.iter());
+        let mut views = vec![image];
+        for _ in 0..low_light.copies {
+            let gain = rng.random_range(low_light.gain.0..=low_light.gain.1);
+            let gamma = rng.random_range(low_light.gamma.0..=low_light.gamma.1);
+            views.push(darken(&views[0], gain, gamma));
+        }
+        for view in &views {
+            let embedding = sam.embed(view)?;
+            let features = embedding.content_features();
+            let targets = cell_targets(label.as_raw(), &embedding, classes);
+            data.channels = features.ncols();
+            for (feature, target) in features.outer_iter().zip(targets.outer_iter()) {
+                if target.sum() > 0.0 {
+                    data.features.extend(feature.iter());
+                    data.targets.extend(target.iter());
+                }
             }
         }
         on_frame(i + 1);
@@ -275,4 +328,24 @@ pub fn evaluate_head(
         on_frame(i + 1);
     }
     Ok(confusion.scores())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn darkening_scales_then_bends_every_channel_value() {
+        let image = RgbImage::from_raw(2, 1, vec![0, 51, 255, 200, 128, 64]).unwrap();
+        assert_eq!(
+            darken(&image, 0.5, 1.0).into_raw(),
+            vec![0, 26, 128, 100, 64, 32]
+        );
+        // gamma > 1 darkens the mid-tones more than the highlights: 51/255 = 0.2 -> 0.04 -> 5.1 at gain 0.5.
+        assert_eq!(
+            darken(&image, 0.5, 2.0).into_raw(),
+            vec![0, 5, 128, 78, 32, 8]
+        );
+        assert_eq!(darken(&image, 1.0, 1.0), image);
+    }
 }

@@ -126,6 +126,9 @@ struct CloudHeadArgs {
     classes_from: PathBuf,
     #[arg(long, default_value = "models/cloud-head")]
     out: PathBuf,
+    /// Low-light copies of every training frame (0: daylight only).
+    #[arg(long, default_value_t = 1)]
+    low_light_copies: usize,
     #[arg(long, default_value = "1.0.0")]
     version: String,
     #[arg(long, default_value_t = 256)]
@@ -173,7 +176,7 @@ fn main() -> Result<()> {
 
 fn cloud_head(args: &CloudHeadArgs) -> Result<()> {
     use trainer::cloud_head::{
-        HeadInfo, HeadTrainConfig, embed_cells, evaluate_head, train_head, write_head,
+        HeadInfo, HeadTrainConfig, LowLight, embed_cells, evaluate_head, train_head, write_head,
     };
     tch::set_num_threads(args.threads as i32);
     let sam = models::sam::SamModel::load(
@@ -187,7 +190,12 @@ fn cloud_head(args: &CloudHeadArgs) -> Result<()> {
     let edge = models::manifest::LoadedManifest::load_unverified(&args.classes_from)?.manifest;
     let samples = read_index(&args.train_index, None)?;
     let bar = trainer::progress::bar(samples.len() as u64, "embedding");
-    let data = embed_cells(&sam, &samples, edge.classes.len(), |i| {
+    let low_light = LowLight {
+        copies: args.low_light_copies,
+        seed: args.seed as u64,
+        ..LowLight::default()
+    };
+    let data = embed_cells(&sam, &samples, edge.classes.len(), &low_light, |i| {
         bar.set_position(i as u64)
     })?;
     bar.finish_and_clear();
@@ -218,8 +226,9 @@ fn cloud_head(args: &CloudHeadArgs) -> Result<()> {
         sam: sam.manifest(),
         classes: edge.classes.clone(),
         produced_by: format!(
-            "trainer cloud-head --train-index {} --hidden {} --epochs {} --batch-size {} --learning-rate {} --weight-decay {} --seed {}",
+            "trainer cloud-head --train-index {} --low-light-copies {} --hidden {} --epochs {} --batch-size {} --learning-rate {} --weight-decay {} --seed {}",
             args.train_index.display(),
+            args.low_light_copies,
             args.hidden,
             args.epochs,
             args.batch_size,

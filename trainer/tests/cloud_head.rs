@@ -1,13 +1,13 @@
 //! Training the cloud's semantic head end to end on real frames: MobileSAM embeddings of two labelled day-train
-//! frames, a small MLP fitted with libtorch, written as safetensors plus a checksummed manifest, and loaded back by
-//! the models crate exactly as the cloud loads it. Skips loudly without CamVid.
+//! frames and their low-light copies, a small MLP fitted with libtorch, written as safetensors plus a checksummed
+//! manifest, and loaded back by the models crate exactly as the cloud loads it. Skips loudly without CamVid.
 
 use models::SemanticHead;
 use models::paths::{camvid_or_skip, edge_model_dir, models_dir};
 use models::sam::SamModel;
 use models::{Manifest, SessionConfig};
 use trainer::cloud_head::{
-    HeadInfo, HeadTrainConfig, embed_cells, evaluate_head, train_head, write_head,
+    HeadInfo, HeadTrainConfig, LowLight, embed_cells, evaluate_head, train_head, write_head,
 };
 
 #[test]
@@ -25,11 +25,12 @@ fn a_head_trained_on_two_frames_learns_them_and_loads_back() -> anyhow::Result<(
     let edge: Manifest =
         models::manifest::LoadedManifest::load_unverified(&edge_model_dir())?.manifest;
     let classes = edge.classes.len();
-    let data = embed_cells(&sam, &samples, classes, |_| {})?;
+    // Each frame and one low-light copy of it, with the same labels.
+    let data = embed_cells(&sam, &samples, classes, &LowLight::default(), |_| {})?;
     assert_eq!(data.channels, 256);
     // 480x360 frames cover 64x48 cells; CamVid labels nearly every one.
     assert!(
-        data.cells() > 2 * 3000 && data.cells() <= 2 * 64 * 48,
+        data.cells() > 4 * 3000 && data.cells() <= 4 * 64 * 48,
         "{} cells",
         data.cells()
     );
