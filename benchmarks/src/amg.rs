@@ -13,7 +13,7 @@ use models::SessionConfig;
 use models::evaluation::median;
 use models::metrics::ConfusionMatrix;
 use models::paths::{camvid_dir, models_dir};
-use models::sam::{GeneratorConfig, Guidance, PromptMode, SamModel};
+use models::sam::{GeneratorConfig, PromptMode, SamModel};
 use sam_core::{ConfidentVoteParams, FusionRule, fuse, fuse_oracle};
 use serde::Deserialize;
 
@@ -196,13 +196,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let (width, height) = image.dimensions();
         let edge_output = edge.segment(&image)?;
         edge_matrix.add(truth.as_raw(), &edge_output.labels);
-        let scores = Guidance {
-            probabilities: edge_output.probabilities,
-            classes,
-            width: edge_output.score_width,
-            height: edge_output.score_height,
-        }
-        .resized_nearest(width, height);
+        let scores = edge_output.class_scores().resized_nearest(width, height);
         let embedding = sam.embed(&image)?;
         for (&variant, s) in stats.iter_mut() {
             let max_prompts = variant.budget.unwrap_or(0);

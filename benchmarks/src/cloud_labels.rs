@@ -14,7 +14,7 @@ use models::edge::EdgeOutput;
 use models::image_ops::{decode_label_png, encode_label_png};
 use models::paths::models_dir;
 use models::refinement::Refinement;
-use models::sam::{GeneratorConfig, Guidance, Prompting, SamModel};
+use models::sam::{GeneratorConfig, Prompting, SamModel};
 use sam_core::FusionRule;
 use serde::{Deserialize, Serialize};
 
@@ -201,13 +201,7 @@ impl CloudLabeller {
                 return Ok((cached.into_raw(), cost));
             }
         }
-        let scores = Guidance {
-            probabilities: edge.probabilities.clone(),
-            classes: edge.classes,
-            width: edge.score_width,
-            height: edge.score_height,
-        }
-        .resized_nearest(width, height);
+        let scores = edge.class_scores().resized_nearest(width, height);
         let refined = Refinement {
             sam: &self.sam,
             head: self.head.as_ref(),

@@ -53,6 +53,18 @@ pub struct EdgeOutput {
 /// map would only make the softmax, the edge's costliest step after the model, four times slower.
 pub const SCORE_STEP: usize = 2;
 
+impl EdgeOutput {
+    /// The class scores at their own resolution, in the form SAM guidance and fusion take.
+    pub fn class_scores(&self) -> sam_core::ClassScores {
+        sam_core::ClassScores {
+            probabilities: self.probabilities.clone(),
+            classes: self.classes,
+            width: self.score_width,
+            height: self.score_height,
+        }
+    }
+}
+
 pub struct EdgeModel {
     manifest: Manifest,
     /// ONNX Runtime sessions need `&mut` to run; one frame at a time per model is what the 2-core robot wants.

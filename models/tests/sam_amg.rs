@@ -3,7 +3,7 @@
 
 use models::metrics::ConfusionMatrix;
 use models::paths::{camvid_or_skip, edge_model_dir, models_dir};
-use models::sam::{GeneratorConfig, Guidance, PromptMode, SamModel};
+use models::sam::{GeneratorConfig, PromptMode, SamModel};
 use models::{EdgeModel, SessionConfig};
 use sam_core::{FusionRule, fuse};
 
@@ -49,13 +49,7 @@ fn small_grid_on_a_real_frame_gives_sane_masks_and_fusion() -> anyhow::Result<()
     }
 
     let edge_output = edge.segment(&image)?;
-    let scores = Guidance {
-        probabilities: edge_output.probabilities,
-        classes: edge_output.classes,
-        width: edge_output.score_width,
-        height: edge_output.score_height,
-    }
-    .resized_nearest(width, height);
+    let scores = edge_output.class_scores().resized_nearest(width, height);
     let classes = edge.num_classes();
     let edge_miou = miou(truth.as_raw(), &edge_output.labels, classes);
     let fused_miou = miou(

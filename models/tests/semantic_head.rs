@@ -7,7 +7,6 @@ use models::paths::{camvid_or_skip, edge_model_dir, models_dir};
 use models::sam::SamModel;
 use models::semantic_head::SEMANTIC_HEAD_KIND;
 use models::{EdgeModel, SemanticHead, SessionConfig};
-use sam_core::ClassScores;
 
 /// Every fourth dusk-eval frame (6 of 22): enough for the gap measured on all 22 (head 0.556, edge 0.457 mIoU)
 /// to show, at about a second a frame.
@@ -35,13 +34,7 @@ fn the_head_labels_dusk_frames_better_than_the_edge_model() -> anyhow::Result<()
         let head_scores = head.class_scores(&sam.embed(&image)?)?;
         assert_eq!((head_scores.width, head_scores.height), (width, height));
         let output = edge.segment(&image)?;
-        let edge_scores = ClassScores {
-            probabilities: output.probabilities,
-            classes,
-            width: output.score_width,
-            height: output.score_height,
-        }
-        .resized_nearest(width, height);
+        let edge_scores = output.class_scores().resized_nearest(width, height);
         edge_only.add(truth.as_raw(), &output.labels);
         head_only.add(truth.as_raw(), &head_scores.labels());
         product.add(

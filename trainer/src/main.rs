@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use models::dataset::read_index;
+use models::dataset::{Sample, read_index};
 use models::evaluation::{evaluate_edge, median};
+use models::metrics::SegmentationScores;
 use models::{EdgeModel, SessionConfig};
 use trainer::data::{Augmentation, load_frames};
 use trainer::export::{PublishInfo, publish};
@@ -242,19 +243,13 @@ fn cloud_head(args: &CloudHeadArgs) -> Result<()> {
     write_head(&weights, &args.out, info(BTreeMap::new()))?;
     // Score the head as written, so the figures are those of the file the cloud loads.
     let head = models::SemanticHead::load(&args.out)?;
-    let names = edge.class_names();
+    let scored = score_each_index(
+        &args.eval_indexes,
+        &edge.class_names(),
+        |samples, on_frame| Ok((evaluate_head(&head, &sam, samples, on_frame)?, ())),
+    )?;
     let mut metrics = BTreeMap::new();
-    for index in &args.eval_indexes {
-        let samples = read_index(index, None)?;
-        let bar = trainer::progress::bar(samples.len() as u64, "eval");
-        let scores = evaluate_head(&head, &sam, &samples, |i| bar.set_position(i as u64))?;
-        bar.finish_and_clear();
-        println!(
-            "## {} ({} frames)\n\n{}",
-            index.display(),
-            samples.len(),
-            scores.table(&names)
-        );
+    for (index, scores, ()) in scored {
         let split = index
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -389,29 +384,45 @@ fn eval(args: EvalArgs) -> Result<()> {
         manifest.version,
         args.model.display()
     );
-    let names = manifest.class_names();
-    let mut summary = Vec::new();
-    for index in &args.indexes {
+    let scored = score_each_index(
+        &args.indexes,
+        &manifest.class_names(),
+        |samples, on_frame| {
+            let (scores, times) = evaluate_edge(&model, samples, on_frame)?;
+            let median_ms = median(&times);
+            Ok((scores, median_ms))
+        },
+    )?;
+    println!(
+        "| split | mIoU | median inference ms ({} threads) |\n|---|---|---|",
+        args.threads
+    );
+    for (index, scores, ms) in scored {
+        println!("| {} | {:.4} | {ms:.1} |", index.display(), scores.miou);
+    }
+    Ok(())
+}
+
+/// Scores each labelled index with `score` (given the frames and a progress callback), behind a progress bar, and
+/// prints its per-class table.
+fn score_each_index<T>(
+    indexes: &[PathBuf],
+    class_names: &[String],
+    mut score: impl FnMut(&[Sample], &mut dyn FnMut(usize)) -> Result<(SegmentationScores, T)>,
+) -> Result<Vec<(PathBuf, SegmentationScores, T)>> {
+    let mut scored = Vec::new();
+    for index in indexes {
         let samples = read_index(index, None)?;
         let bar = trainer::progress::bar(samples.len() as u64, "eval");
-        let (scores, times) = evaluate_edge(&model, &samples, |i| bar.set_position(i as u64))?;
+        let (scores, extra) = score(&samples, &mut |i| bar.set_position(i as u64))?;
         bar.finish_and_clear();
         println!(
             "## {} ({} frames)\n\n{}",
             index.display(),
             samples.len(),
-            scores.table(&names)
+            scores.table(class_names)
         );
-        let median_ms = median(&times);
-        println!(
-            "median edge inference: {median_ms:.1} ms ({} threads)\n",
-            args.threads
-        );
-        summary.push((index.display().to_string(), scores.miou, median_ms));
+        scored.push((index.clone(), scores, extra));
     }
-    println!("| split | mIoU | median inference ms |\n|---|---|---|");
-    for (split, miou, ms) in summary {
-        println!("| {split} | {miou:.4} | {ms:.1} |");
-    }
-    Ok(())
+    Ok(scored)
 }
