@@ -1,6 +1,7 @@
 //! The label map the cloud would return for a frame (MobileSAM + a fusion rule, by default the cloud-infer
-//! defaults: guided prompting, confident-vote, the edge's scores times the semantic head's), computed in-process and cached as PNGs with a JSON note of
-//! what it cost, so benchmark reruns skip the SAM work but still report the refinement time.
+//! defaults: guided prompting, confident-vote, the edge's scores times the semantic head's), computed in-process
+//! and cached as PNGs with a JSON note of what it cost, so benchmark reruns skip the SAM work but still report the
+//! refinement time.
 
 use std::path::PathBuf;
 

@@ -89,14 +89,11 @@ impl Embedding {
     pub fn content_features(&self) -> Array2<f32> {
         let (columns, rows) = self.content_cells();
         let channels = self.embeddings.dim().1;
-        let view = self.embeddings.slice(s![0, .., ..rows, ..columns]);
-        let mut features = Array2::zeros((rows * columns, channels));
-        for (c, plane) in view.outer_iter().enumerate() {
-            for (cell, &value) in plane.iter().enumerate() {
-                features[[cell, c]] = value;
-            }
-        }
-        features
+        let planes = self.embeddings.slice(s![0, .., ..rows, ..columns]);
+        let planes = planes
+            .to_shape((channels, rows * columns))
+            .expect("a row-major copy of the slice has this shape");
+        planes.t().as_standard_layout().into_owned()
     }
 }
 

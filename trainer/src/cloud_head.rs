@@ -12,7 +12,7 @@ use models::manifest::{ClassInfo, FileEntry, Manifest, Provenance};
 use models::metrics::{ConfusionMatrix, SegmentationScores};
 use models::sam::SamModel;
 use models::semantic_head::{HeadWeights, SEMANTIC_HEAD_KIND, SemanticHead, cell_targets};
-use ndarray::{Array1, Array2};
+use ndarray::{Array, Array1, Array2, Dimension};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor, nn, nn::Module, nn::OptimizerConfig};
@@ -226,55 +226,24 @@ pub struct HeadInfo<'a> {
     pub classes: Vec<ClassInfo>,
     pub produced_by: String,
     pub training_data: String,
-    pub metrics: BTreeMap<String, f64>,
+}
+
+fn to_tensor<D: Dimension>(array: &Array<f32, D>) -> Tensor {
+    let shape: Vec<i64> = array.shape().iter().map(|&d| d as i64).collect();
+    let values = array.as_standard_layout();
+    Tensor::from_slice(values.as_slice().expect("standard layout")).view(shape.as_slice())
 }
 
 /// Writes the weights and a checksummed manifest into `dir` (created if needed).
 pub fn write_head(weights: &HeadWeights, dir: &Path, info: HeadInfo<'_>) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    let tensor = |values: &[f32], shape: &[usize]| {
-        Tensor::from_slice(values).view(
-            shape
-                .iter()
-                .map(|&d| d as i64)
-                .collect::<Vec<_>>()
-                .as_slice(),
-        )
-    };
-    let slice = |a: &Array1<f32>| a.as_slice().expect("contiguous").to_vec();
     let named = [
-        (
-            "feature_mean",
-            tensor(&slice(&weights.feature_mean), &[weights.channels()]),
-        ),
-        (
-            "feature_std",
-            tensor(&slice(&weights.feature_std), &[weights.channels()]),
-        ),
-        (
-            "w1",
-            tensor(
-                weights
-                    .w1
-                    .as_standard_layout()
-                    .as_slice()
-                    .expect("standard layout"),
-                weights.w1.shape(),
-            ),
-        ),
-        ("b1", tensor(&slice(&weights.b1), &[weights.b1.len()])),
-        (
-            "w2",
-            tensor(
-                weights
-                    .w2
-                    .as_standard_layout()
-                    .as_slice()
-                    .expect("standard layout"),
-                weights.w2.shape(),
-            ),
-        ),
-        ("b2", tensor(&slice(&weights.b2), &[weights.b2.len()])),
+        ("feature_mean", to_tensor(&weights.feature_mean)),
+        ("feature_std", to_tensor(&weights.feature_std)),
+        ("w1", to_tensor(&weights.w1)),
+        ("b1", to_tensor(&weights.b1)),
+        ("w2", to_tensor(&weights.w2)),
+        ("b2", to_tensor(&weights.b2)),
     ];
     Tensor::write_safetensors(&named, dir.join(WEIGHTS_FILE))?;
     let sam = info.sam;
@@ -306,7 +275,7 @@ pub fn write_head(weights: &HeadWeights, dir: &Path, info: HeadInfo<'_>) -> Resu
         classes: info.classes,
         input: sam.input.clone(),
         outputs: Vec::new(),
-        metrics: info.metrics,
+        metrics: BTreeMap::new(),
     };
     manifest.write_with_checksums(dir)?;
     Ok(())

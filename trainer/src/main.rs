@@ -221,7 +221,7 @@ fn cloud_head(args: &CloudHeadArgs) -> Result<()> {
         println!("epoch {epoch:>3}  loss {loss:.4}")
     })?;
     drop(data);
-    let info = |metrics| HeadInfo {
+    let info = HeadInfo {
         name: "mobilesam-semantic-head".into(),
         version: args.version.clone(),
         sam: sam.manifest(),
@@ -238,9 +238,8 @@ fn cloud_head(args: &CloudHeadArgs) -> Result<()> {
             args.seed
         ),
         training_data: args.train_index.display().to_string(),
-        metrics,
     };
-    write_head(&weights, &args.out, info(BTreeMap::new()))?;
+    write_head(&weights, &args.out, info)?;
     // Score the head as written, so the figures are those of the file the cloud loads.
     let head = models::SemanticHead::load(&args.out)?;
     let scored = score_each_index(
@@ -248,15 +247,18 @@ fn cloud_head(args: &CloudHeadArgs) -> Result<()> {
         &edge.class_names(),
         |samples, on_frame| Ok((evaluate_head(&head, &sam, samples, on_frame)?, ())),
     )?;
-    let mut metrics = BTreeMap::new();
+    let mut loaded = models::manifest::LoadedManifest::load_verified(&args.out)?;
     for (index, scores, ()) in scored {
         let split = index
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        metrics.insert(format!("{split}/miou"), scores.miou);
+        loaded
+            .manifest
+            .metrics
+            .insert(format!("{split}/miou"), scores.miou);
     }
-    write_head(&weights, &args.out, info(metrics))?;
+    loaded.manifest.write_with_checksums(&args.out)?;
     println!("published {} version {}", args.out.display(), args.version);
     Ok(())
 }

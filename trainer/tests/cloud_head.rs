@@ -58,7 +58,6 @@ fn a_head_trained_on_two_frames_learns_them_and_loads_back() -> anyhow::Result<(
         classes: edge.classes.clone(),
         produced_by: "trainer/tests/cloud_head.rs".into(),
         training_data: "two day-train frames".into(),
-        metrics: Default::default(),
     };
     write_head(&weights, dir.path(), info)?;
     let head = SemanticHead::load(dir.path())?;
