@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::TrainConfig;
-use crate::data::Augmentation;
+use crate::data::{Augmentation, LowLight};
 use crate::gate::GatePolicy;
 use crate::registry::Registry;
 use crate::retrain::{RetrainConfig, RetrainReport, retrain};
@@ -130,6 +130,9 @@ pub struct RetrainArgs {
     crop_height: i64,
     #[arg(long, default_value_t = 320)]
     crop_width: i64,
+    /// Share of training views relit as at dusk, rehearsal and buffer frames alike (see `LowLight`).
+    #[arg(long, default_value_t = 0.0)]
+    low_light_probability: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Parameter-name prefixes to keep frozen (comma-separated; empty to train everything).
@@ -254,6 +257,8 @@ pub fn config(args: &RetrainArgs) -> RetrainConfig {
                 max_scale: 1.5,
                 flip: true,
                 jitter: 0.25,
+                low_light_probability: args.low_light_probability,
+                low_light: LowLight::default(),
             },
             class_weighting: true,
             seed: args.seed,
@@ -413,4 +418,34 @@ fn check_and_retrain(
     }
     // Also after a check that trained nothing: a failed upload is retried, and a rollback is followed.
     args.retrain.registry.mirror_live_version()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_with_freeze(freeze: &str) -> RetrainArgs {
+        RetrainArgs::from_flags([
+            ("buffer-export", "export".to_string()),
+            ("old-task-index", "day-val.txt".to_string()),
+            ("freeze", freeze.to_string()),
+        ])
+        .expect("flags parse")
+    }
+
+    #[test]
+    fn freeze_takes_a_comma_separated_list_and_an_empty_one_trains_everything() {
+        assert_eq!(
+            config(&args_with_freeze("_conv_stem.,_bn0."))
+                .train
+                .freeze_prefixes,
+            ["_conv_stem.", "_bn0."]
+        );
+        assert!(
+            config(&args_with_freeze(""))
+                .train
+                .freeze_prefixes
+                .is_empty()
+        );
+    }
 }

@@ -64,6 +64,7 @@ impl Trainer {
         let vs = nn::VarStore::new(Device::Cpu);
         let mut module = tch::TrainableCModule::load(path, vs.root())
             .with_context(|| format!("loading TorchScript module {}", path.display()))?;
+        make_weights_trainable(&vs);
         module.set_eval();
         Ok(Self {
             vs,
@@ -251,6 +252,33 @@ impl Trainer {
     }
 }
 
+/// A module saved after training with frozen layers loads those layers as untrainable, so `freeze_prefixes` could
+/// never unfreeze them: every learnt weight is made trainable here and the prefixes alone decide. BatchNorm running
+/// statistics are parameters of this module but are never learnt by gradient.
+fn make_weights_trainable(vs: &nn::VarStore) {
+    let frozen: Vec<(String, Tensor)> = {
+        let mut variables = vs.variables_.lock().expect("var store lock");
+        let names: Vec<String> = variables
+            .named_variables
+            .iter()
+            .filter(|(name, tensor)| !tensor.requires_grad() && !name.contains("running_"))
+            .map(|(name, _)| name.clone())
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let tensor = variables.named_variables.remove(&name)?;
+                Some((name, tensor))
+            })
+            .collect()
+    };
+    // Re-adding under the same name registers the tensor as trainable (and turns its gradient on).
+    let root = vs.root();
+    for (name, tensor) in frozen {
+        let _ = root.add(&name, tensor, true);
+    }
+}
+
 fn learning_rate(config: &TrainConfig, step: usize, total_steps: usize) -> f64 {
     if step < config.warmup_steps {
         return config.learning_rate * (step + 1) as f64 / config.warmup_steps as f64;
@@ -274,6 +302,7 @@ fn loss_weights(frequencies: &[f64]) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::LowLight;
 
     #[test]
     fn learning_rate_warms_up_then_decays_to_zero() {
@@ -290,6 +319,8 @@ mod tests {
                 max_scale: 1.0,
                 flip: false,
                 jitter: 0.0,
+                low_light_probability: 0.0,
+                low_light: LowLight::default(),
             },
             class_weighting: false,
             seed: 0,

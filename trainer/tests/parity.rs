@@ -8,7 +8,7 @@ use models::image_ops::to_input_tensor;
 use models::paths::{camvid_or_skip, edge_model_dir};
 use models::{EdgeModel, SessionConfig};
 use tch::Tensor;
-use trainer::data::{Augmentation, Frame};
+use trainer::data::{Augmentation, Frame, LowLight};
 use trainer::export::{PublishInfo, publish};
 use trainer::{TrainConfig, Trainer};
 
@@ -82,6 +82,8 @@ fn weights_written_back_after_training_match_torchscript() {
             max_scale: 0.5,
             flip: true,
             jitter: 0.1,
+            low_light_probability: 0.0,
+            low_light: LowLight::default(),
         },
         class_weighting: true,
         seed: 7,
@@ -130,4 +132,81 @@ fn weights_written_back_after_training_match_torchscript() {
         "written-back ONNX disagrees with the trained module by {diff}"
     );
     std::fs::remove_dir_all(&work).ok();
+}
+
+/// The shipped model's TorchScript file was saved with its stem and first blocks frozen; `freeze_prefixes` alone
+/// must decide what trains, so those layers train when not named and stay put when named.
+#[test]
+fn freeze_prefixes_alone_decide_which_layers_train() {
+    let Some(camvid) = camvid_or_skip("freeze_prefixes_alone_decide_which_layers_train") else {
+        return;
+    };
+    tch::set_num_threads(2);
+    let frames: Vec<Frame> = val_frames(&camvid, 2)
+        .iter()
+        .map(|s| Frame::from_sample(s).expect("frame"))
+        .collect();
+    // Learnt weights of the layers under `prefix` (flat names) that one training step changed; BatchNorm running
+    // statistics are not learnt and adapt whatever is frozen.
+    let changed_weights = |freeze: &[&str], prefix: &str| {
+        let work = std::env::temp_dir().join(format!("freeze-{}-{prefix}", std::process::id()));
+        let config = TrainConfig {
+            epochs: 1,
+            batch_size: 2,
+            learning_rate: 1e-2,
+            weight_decay: 1e-2,
+            warmup_steps: 0,
+            augmentation: Augmentation {
+                crop_height: 96,
+                crop_width: 128,
+                min_scale: 0.5,
+                max_scale: 0.5,
+                flip: false,
+                jitter: 0.0,
+                low_light_probability: 0.0,
+                low_light: LowLight::default(),
+            },
+            class_weighting: false,
+            seed: 7,
+            freeze_prefixes: freeze.iter().map(|p| p.to_string()).collect(),
+            validate_every: 1,
+            checkpoint_dir: work.join("checkpoints"),
+        };
+        let mut trainer = Trainer::load(&edge_model_dir()).expect("trainer loads");
+        let before = trainer.flat_parameters();
+        trainer
+            .fit(&frames, &[], &config, |_, _, _| {})
+            .expect("training runs");
+        std::fs::remove_dir_all(&work).ok();
+        let after = trainer.flat_parameters();
+        let weights: Vec<&String> = before
+            .keys()
+            .filter(|n| n.starts_with(prefix) && !n.contains("running_"))
+            .collect();
+        assert!(!weights.is_empty(), "no weight is named {prefix}*");
+        weights.iter().filter(|n| after[**n] != before[**n]).count()
+    };
+    assert!(
+        changed_weights(&[], "_conv_stem_") > 0,
+        "the stem did not train"
+    );
+    assert!(
+        changed_weights(&[], "_blocks_0_") > 0,
+        "block 0 did not train"
+    );
+    let freeze = ["_conv_stem.", "_bn0.", "_blocks.0."];
+    assert_eq!(
+        changed_weights(&freeze, "_conv_stem_"),
+        0,
+        "the frozen stem trained"
+    );
+    assert_eq!(
+        changed_weights(&freeze, "_blocks_0_"),
+        0,
+        "frozen block 0 trained"
+    );
+    assert!(
+        changed_weights(&freeze, "_blocks_1_") > 0,
+        "block 1 did not train"
+    );
 }
