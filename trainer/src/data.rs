@@ -59,58 +59,6 @@ pub struct Augmentation {
     pub flip: bool,
     /// Brightness, contrast and saturation factors are drawn from `1 ± jitter`.
     pub jitter: f64,
-    /// Share of the training views relit by `low_light` before exposure normalisation.
-    pub low_light_probability: f64,
-    pub low_light: LowLight,
-}
-
-/// Low lighting for a view of a frame: `gain * (v / 255)^gamma * 255`, kept to whole 8-bit values as a camera
-/// would, with gain and gamma drawn uniformly from the ranges. Dusk is what the robot meets that daylight labels
-/// never show; relighting the daylight frames is the label-free way to show it (no frame of the drift is used).
-/// After exposure normalisation what remains is what dusk does to a frame: mid-tones pushed down against the
-/// highlights, and shadows coarsely quantised.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LowLight {
-    pub gain: (f32, f32),
-    pub gamma: (f32, f32),
-}
-
-impl Default for LowLight {
-    /// Day-train's mean brightness (146) falls to about 40-90, around CamVid's dusk drive (55).
-    fn default() -> Self {
-        Self {
-            gain: (0.3, 0.7),
-            gamma: (1.0, 1.6),
-        }
-    }
-}
-
-impl LowLight {
-    /// Draws `(gain, gamma)`.
-    pub fn draw(&self, rng: &mut StdRng) -> (f32, f32) {
-        (
-            rng.random_range(self.gain.0..=self.gain.1),
-            rng.random_range(self.gamma.0..=self.gamma.1),
-        )
-    }
-
-    /// The 256-entry table taking a channel value to its value in low light.
-    pub fn table(gain: f32, gamma: f32) -> [u8; 256] {
-        std::array::from_fn(|v| {
-            (255.0 * gain * (v as f32 / 255.0).powf(gamma))
-                .round()
-                .clamp(0.0, 255.0) as u8
-        })
-    }
-
-    /// A uint8 image tensor relit by a drawn lighting.
-    fn relight(&self, image: &Tensor, rng: &mut StdRng) -> Tensor {
-        let (gain, gamma) = self.draw(rng);
-        let table = Tensor::from_slice(&Self::table(gain, gamma));
-        table
-            .index_select(0, &image.flatten(0, -1).to_kind(Kind::Int64))
-            .view_as(image)
-    }
 }
 
 /// A whole float RGB frame `[3, H, W]` or `[1, 3, H, W]` (0..255) after the manifest's exposure normalisation, as
@@ -145,13 +93,8 @@ fn augment(
         (h as f64 * scale).round() as i64,
         (w as f64 * scale).round() as i64,
     );
-    let image = if aug.low_light_probability > 0.0 && rng.random_bool(aug.low_light_probability) {
-        aug.low_light.relight(&frame.image, rng)
-    } else {
-        frame.image.shallow_clone()
-    };
     // Exposure is judged on the whole frame, as at inference, before cropping.
-    let image = expose(&image.to_kind(Kind::Float), spec)
+    let image = expose(&frame.image.to_kind(Kind::Float), spec)
         .unsqueeze(0)
         .upsample_bilinear2d([sh, sw], false, None, None);
     let label = frame
@@ -237,25 +180,4 @@ pub fn class_frequencies(frames: &[Frame], classes: usize) -> Vec<f64> {
     }
     let total: f64 = counts.iter().sum::<f64>().max(1.0);
     counts.iter().map(|c| c / total).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::SeedableRng;
-
-    #[test]
-    fn relighting_maps_every_value_through_the_drawn_table() {
-        let light = LowLight::default();
-        let values: Vec<u8> = (0..=255).collect();
-        let image = Tensor::from_slice(&values).view([1, 16, 16]);
-        let relit = light.relight(&image, &mut StdRng::seed_from_u64(7));
-        let (gain, gamma) = light.draw(&mut StdRng::seed_from_u64(7));
-        let table = LowLight::table(gain, gamma);
-        assert_eq!(Vec::<u8>::try_from(relit.flatten(0, -1)).unwrap(), table);
-        // Darker everywhere, never brighter, and still ordered.
-        assert!(table[255] <= (255.0 * light.gain.1).round() as u8);
-        assert!(table.iter().zip(&values).all(|(dark, day)| dark <= day));
-        assert!(table.windows(2).all(|w| w[0] <= w[1]));
-    }
 }

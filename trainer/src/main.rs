@@ -10,7 +10,7 @@ use models::dataset::{Sample, read_index};
 use models::evaluation::{evaluate_edge, median};
 use models::metrics::SegmentationScores;
 use models::{EdgeModel, SessionConfig};
-use trainer::data::{Augmentation, LowLight, load_frames};
+use trainer::data::{Augmentation, load_frames};
 use trainer::export::{PublishInfo, publish};
 use trainer::{TrainConfig, Trainer};
 
@@ -78,9 +78,6 @@ struct TrainArgs {
     max_scale: f64,
     #[arg(long, default_value_t = 0.25)]
     jitter: f64,
-    /// Share of training views relit as at dusk (daylight frames darkened; see `LowLight`).
-    #[arg(long, default_value_t = 0.0)]
-    low_light_probability: f64,
     /// Disable the 1/sqrt(frequency) class weighting of the loss.
     #[arg(long)]
     no_class_weighting: bool,
@@ -180,8 +177,7 @@ fn main() -> Result<()> {
 
 fn cloud_head(args: &CloudHeadArgs) -> Result<()> {
     use trainer::cloud_head::{
-        HeadInfo, HeadTrainConfig, LowLightCopies, embed_cells, evaluate_head, train_head,
-        write_head,
+        HeadInfo, HeadTrainConfig, LowLight, embed_cells, evaluate_head, train_head, write_head,
     };
     tch::set_num_threads(args.threads as i32);
     let sam = models::sam::SamModel::load(
@@ -195,10 +191,10 @@ fn cloud_head(args: &CloudHeadArgs) -> Result<()> {
     let edge = models::manifest::LoadedManifest::load_unverified(&args.classes_from)?.manifest;
     let samples = read_index(&args.train_index, None)?;
     let bar = trainer::progress::bar(samples.len() as u64, "embedding");
-    let low_light = LowLightCopies {
+    let low_light = LowLight {
         copies: args.low_light_copies,
         seed: args.seed as u64,
-        ..LowLightCopies::default()
+        ..LowLight::default()
     };
     let data = embed_cells(&sam, &samples, edge.classes.len(), &low_light, |i| {
         bar.set_position(i as u64)
@@ -321,8 +317,6 @@ fn train(args: TrainArgs) -> Result<()> {
             max_scale: args.max_scale,
             flip: true,
             jitter: args.jitter,
-            low_light_probability: args.low_light_probability,
-            low_light: LowLight::default(),
         },
         class_weighting: !args.no_class_weighting,
         seed: args.seed,

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::TrainConfig;
-use crate::data::{Augmentation, LowLight};
+use crate::data::Augmentation;
 use crate::gate::GatePolicy;
 use crate::registry::Registry;
 use crate::retrain::{RetrainConfig, RetrainReport, retrain};
@@ -130,9 +130,6 @@ pub struct RetrainArgs {
     crop_height: i64,
     #[arg(long, default_value_t = 320)]
     crop_width: i64,
-    /// Share of training views relit as at dusk, rehearsal and buffer frames alike (see `LowLight`).
-    #[arg(long, default_value_t = 0.0)]
-    low_light_probability: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Parameter-name prefixes to keep frozen (comma-separated; empty to train everything).
@@ -257,8 +254,6 @@ pub fn config(args: &RetrainArgs) -> RetrainConfig {
                 max_scale: 1.5,
                 flip: true,
                 jitter: 0.25,
-                low_light_probability: args.low_light_probability,
-                low_light: LowLight::default(),
             },
             class_weighting: true,
             seed: args.seed,

@@ -302,7 +302,6 @@ fn loss_weights(frequencies: &[f64]) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::LowLight;
 
     #[test]
     fn learning_rate_warms_up_then_decays_to_zero() {
@@ -319,8 +318,6 @@ mod tests {
                 max_scale: 1.0,
                 flip: false,
                 jitter: 0.0,
-                low_light_probability: 0.0,
-                low_light: LowLight::default(),
             },
             class_weighting: false,
             seed: 0,

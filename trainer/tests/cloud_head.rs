@@ -7,7 +7,7 @@ use models::paths::{camvid_or_skip, edge_model_dir, models_dir};
 use models::sam::SamModel;
 use models::{Manifest, SessionConfig};
 use trainer::cloud_head::{
-    HeadInfo, HeadTrainConfig, LowLightCopies, embed_cells, evaluate_head, train_head, write_head,
+    HeadInfo, HeadTrainConfig, LowLight, embed_cells, evaluate_head, train_head, write_head,
 };
 
 #[test]
@@ -26,7 +26,7 @@ fn a_head_trained_on_two_frames_learns_them_and_loads_back() -> anyhow::Result<(
         models::manifest::LoadedManifest::load_unverified(&edge_model_dir())?.manifest;
     let classes = edge.classes.len();
     // Each frame and one low-light copy of it, with the same labels.
-    let data = embed_cells(&sam, &samples, classes, &LowLightCopies::default(), |_| {})?;
+    let data = embed_cells(&sam, &samples, classes, &LowLight::default(), |_| {})?;
     assert_eq!(data.channels, 256);
     // 480x360 frames cover 64x48 cells; CamVid labels nearly every one.
     assert!(

@@ -8,7 +8,7 @@ use models::image_ops::to_input_tensor;
 use models::paths::{camvid_or_skip, edge_model_dir};
 use models::{EdgeModel, SessionConfig};
 use tch::Tensor;
-use trainer::data::{Augmentation, Frame, LowLight};
+use trainer::data::{Augmentation, Frame};
 use trainer::export::{PublishInfo, publish};
 use trainer::{TrainConfig, Trainer};
 
@@ -82,8 +82,6 @@ fn weights_written_back_after_training_match_torchscript() {
             max_scale: 0.5,
             flip: true,
             jitter: 0.1,
-            low_light_probability: 0.0,
-            low_light: LowLight::default(),
         },
         class_weighting: true,
         seed: 7,
@@ -163,8 +161,6 @@ fn freeze_prefixes_alone_decide_which_layers_train() {
                 max_scale: 0.5,
                 flip: false,
                 jitter: 0.0,
-                low_light_probability: 0.0,
-                low_light: LowLight::default(),
             },
             class_weighting: false,
             seed: 7,

@@ -13,7 +13,7 @@ use models::replay_export::{INDEX_FILE, INDEX_HEADER, cloud_label_path, image_pa
 use models::{EdgeModel, SessionConfig};
 use sha2::{Digest, Sha256};
 use trainer::TrainConfig;
-use trainer::data::{Augmentation, LowLight};
+use trainer::data::Augmentation;
 use trainer::gate::{GatePolicy, Refusal};
 use trainer::registry::Registry;
 use trainer::retrain::{DECISION_FILE, RetrainConfig, RetrainReport, retrain};
@@ -106,8 +106,6 @@ fn tiny_config(camvid: &Path, work: &Path) -> RetrainConfig {
                 max_scale: 0.5,
                 flip: true,
                 jitter: 0.1,
-                low_light_probability: 0.0,
-                low_light: LowLight::default(),
             },
             class_weighting: true,
             seed: 3,
