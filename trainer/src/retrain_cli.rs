@@ -132,6 +132,9 @@ pub struct RetrainArgs {
     crop_width: i64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Fine-tune this many copies of the parent (seeds `seed`, `seed + 1`, ...) and publish their weight average.
+    #[arg(long, default_value_t = 1)]
+    soup_members: usize,
     /// Parameter-name prefixes to keep frozen (comma-separated; empty to train everything).
     #[arg(
         long,
@@ -266,6 +269,7 @@ pub fn config(args: &RetrainArgs) -> RetrainConfig {
             validate_every: args.epochs.max(1),
             checkpoint_dir: PathBuf::new(),
         },
+        soup_members: args.soup_members,
         runs_dir: args.runs_dir.clone(),
         version: args.version.clone(),
     }

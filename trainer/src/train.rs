@@ -250,6 +250,38 @@ impl Trainer {
             })
             .collect()
     }
+
+    /// Replaces every parameter (running statistics included) by its mean over this trainer and `others`, given as
+    /// [`Trainer::flat_parameters`] of models of the same architecture: a uniform weight soup. A member that does
+    /// not fit is refused before any weight changes.
+    pub fn average_with(&mut self, others: &[HashMap<String, Vec<f32>>]) -> Result<()> {
+        let variables = self.vs.variables();
+        for other in others {
+            for (name, tensor) in &variables {
+                let values = other
+                    .get(name)
+                    .with_context(|| format!("soup member lacks parameter `{name}`"))?;
+                if values.len() != tensor.numel() {
+                    bail!(
+                        "soup member's `{name}` has {} values, not {}",
+                        values.len(),
+                        tensor.numel()
+                    );
+                }
+            }
+        }
+        let count = (others.len() + 1) as f64;
+        tch::no_grad(|| {
+            for (name, mut tensor) in variables {
+                let mut sum = tensor.detach().to_kind(Kind::Float).copy();
+                for other in others {
+                    sum += Tensor::from_slice(&other[&name]).view_as(&sum);
+                }
+                tensor.copy_(&(sum / count).to_kind(tensor.kind()));
+            }
+        });
+        Ok(())
+    }
 }
 
 /// A module saved after training with frozen layers loads those layers as untrainable, so `freeze_prefixes` could

@@ -206,3 +206,37 @@ fn freeze_prefixes_alone_decide_which_layers_train() {
         "block 1 did not train"
     );
 }
+
+#[test]
+fn a_weight_soup_is_the_mean_of_its_members() {
+    let mut trainer = Trainer::load(&edge_model_dir()).expect("trainer loads");
+    let parent = trainer.flat_parameters();
+    let shifted = |by: f32| -> std::collections::HashMap<String, Vec<f32>> {
+        parent
+            .iter()
+            .map(|(name, values)| (name.clone(), values.iter().map(|v| v + by).collect()))
+            .collect()
+    };
+    trainer
+        .average_with(&[shifted(1.0), shifted(2.0)])
+        .expect("same architecture");
+    for (name, values) in trainer.flat_parameters() {
+        let expected = &parent[&name];
+        assert!(
+            values
+                .iter()
+                .zip(expected)
+                .all(|(v, p)| (v - (p + 1.0)).abs() <= 1e-5 * p.abs().max(1.0)),
+            "`{name}` is not the members' mean"
+        );
+    }
+
+    let mut truncated = shifted(0.0);
+    truncated.values_mut().next().expect("parameters").pop();
+    let before = trainer.flat_parameters();
+    assert!(trainer.average_with(&[truncated]).is_err());
+    assert!(
+        trainer.flat_parameters() == before,
+        "a refused soup changed weights"
+    );
+}

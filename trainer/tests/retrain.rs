@@ -113,6 +113,7 @@ fn tiny_config(camvid: &Path, work: &Path) -> RetrainConfig {
             validate_every: 1,
             checkpoint_dir: PathBuf::new(),
         },
+        soup_members: 1,
         runs_dir: work.join("runs"),
         version: None,
     }
@@ -245,9 +246,11 @@ fn a_killed_run_resumes_from_its_checkpoint_and_a_refused_model_is_not_published
             min_new_task_gain: 100.0,
             ..GatePolicy::default()
         },
+        // A soup of two: each member checkpoints on its own.
+        soup_members: 2,
         ..base
     };
-    // The process dies after the first epoch's checkpoint is written.
+    // The process dies after the first member's first epoch checkpoint is written.
     let crashed = std::panic::catch_unwind(AssertUnwindSafe(|| {
         retrain(&config, |epoch, _| {
             assert_ne!(epoch, 1, "simulated crash after epoch 1");
@@ -257,7 +260,11 @@ fn a_killed_run_resumes_from_its_checkpoint_and_a_refused_model_is_not_published
 
     let mut resumed = Vec::new();
     let report = retrain(&config, |epoch, _| resumed.push(epoch)).expect("the run resumes");
-    assert_eq!(resumed, [2], "only the missing epoch runs again");
+    assert_eq!(
+        resumed,
+        [2, 1, 2],
+        "only the missing epochs run again: the first member's second, then the second member"
+    );
     assert_eq!((report.epochs, report.losses.len()), (2, 2));
 
     assert!(!report.decision.publish);
