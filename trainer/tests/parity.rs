@@ -1,6 +1,7 @@
 //! The ONNX graph the edge runs and the TorchScript module the trainer trains must compute the same function,
 //! before and after a write-back of trained weights.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use models::dataset::read_index;
@@ -42,6 +43,43 @@ fn val_frames(camvid: &Path, n: usize) -> Vec<models::dataset::Sample> {
     read_index(&camvid.join("index/day-val.txt"), None).expect("day-val index")[..n].to_vec()
 }
 
+/// One epoch of two-frame batches on small crops: every trainable weight moves.
+fn small_step_config(work: &Path, freeze_prefixes: Vec<String>) -> TrainConfig {
+    TrainConfig {
+        epochs: 1,
+        batch_size: 2,
+        learning_rate: 1e-2,
+        weight_decay: 1e-2,
+        warmup_steps: 0,
+        augmentation: Augmentation {
+            crop_height: 96,
+            crop_width: 128,
+            min_scale: 0.5,
+            max_scale: 0.5,
+            flip: true,
+            jitter: 0.1,
+        },
+        class_weighting: true,
+        seed: 7,
+        freeze_prefixes,
+        validate_every: 1,
+        checkpoint_dir: work.join("checkpoints"),
+    }
+}
+
+/// The shipped model after training with `config` on `frames`, and its parameters before.
+fn train_shipped_model(
+    frames: &[Frame],
+    config: &TrainConfig,
+) -> (Trainer, HashMap<String, Vec<f32>>) {
+    let mut trainer = Trainer::load(&edge_model_dir()).expect("trainer loads");
+    let before = trainer.flat_parameters();
+    trainer
+        .fit(frames, &[], config, |_, _, _| {})
+        .expect("training runs");
+    (trainer, before)
+}
+
 #[test]
 fn onnx_and_torchscript_agree_on_real_frames() {
     let Some(camvid) = camvid_or_skip("onnx_and_torchscript_agree_on_real_frames") else {
@@ -69,31 +107,7 @@ fn weights_written_back_after_training_match_torchscript() {
         .map(|s| Frame::from_sample(s).expect("frame"))
         .collect();
     let work = std::env::temp_dir().join(format!("writeback-{}", std::process::id()));
-    let config = TrainConfig {
-        epochs: 1,
-        batch_size: 2,
-        learning_rate: 1e-2,
-        weight_decay: 0.0,
-        warmup_steps: 0,
-        augmentation: Augmentation {
-            crop_height: 96,
-            crop_width: 128,
-            min_scale: 0.5,
-            max_scale: 0.5,
-            flip: true,
-            jitter: 0.1,
-        },
-        class_weighting: true,
-        seed: 7,
-        freeze_prefixes: Vec::new(),
-        validate_every: 1,
-        checkpoint_dir: work.join("checkpoints"),
-    };
-    let mut trainer = Trainer::load(&edge_model_dir()).expect("trainer loads");
-    let before = trainer.flat_parameters();
-    trainer
-        .fit(&frames, &[], &config, |_, _, _| {})
-        .expect("training runs");
+    let (trainer, before) = train_shipped_model(&frames, &small_step_config(&work, Vec::new()));
     let after = trainer.flat_parameters();
     let changed = before
         .iter()
@@ -148,31 +162,8 @@ fn freeze_prefixes_alone_decide_which_layers_train() {
     // statistics are not learnt and adapt whatever is frozen.
     let changed_weights = |freeze: &[&str], prefix: &str| {
         let work = std::env::temp_dir().join(format!("freeze-{}-{prefix}", std::process::id()));
-        let config = TrainConfig {
-            epochs: 1,
-            batch_size: 2,
-            learning_rate: 1e-2,
-            weight_decay: 1e-2,
-            warmup_steps: 0,
-            augmentation: Augmentation {
-                crop_height: 96,
-                crop_width: 128,
-                min_scale: 0.5,
-                max_scale: 0.5,
-                flip: false,
-                jitter: 0.0,
-            },
-            class_weighting: false,
-            seed: 7,
-            freeze_prefixes: freeze.iter().map(|p| p.to_string()).collect(),
-            validate_every: 1,
-            checkpoint_dir: work.join("checkpoints"),
-        };
-        let mut trainer = Trainer::load(&edge_model_dir()).expect("trainer loads");
-        let before = trainer.flat_parameters();
-        trainer
-            .fit(&frames, &[], &config, |_, _, _| {})
-            .expect("training runs");
+        let freeze = freeze.iter().map(|p| p.to_string()).collect();
+        let (trainer, before) = train_shipped_model(&frames, &small_step_config(&work, freeze));
         std::fs::remove_dir_all(&work).ok();
         let after = trainer.flat_parameters();
         let weights: Vec<&String> = before
@@ -211,7 +202,7 @@ fn freeze_prefixes_alone_decide_which_layers_train() {
 fn a_weight_soup_is_the_mean_of_its_members() {
     let mut trainer = Trainer::load(&edge_model_dir()).expect("trainer loads");
     let parent = trainer.flat_parameters();
-    let shifted = |by: f32| -> std::collections::HashMap<String, Vec<f32>> {
+    let shifted = |by: f32| -> HashMap<String, Vec<f32>> {
         parent
             .iter()
             .map(|(name, values)| (name.clone(), values.iter().map(|v| v + by).collect()))
