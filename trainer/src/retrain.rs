@@ -51,7 +51,7 @@ pub struct RetrainConfig {
     pub train: TrainConfig,
     /// Members of the weight soup: each is fine-tuned from the parent on the same frames with its own seed
     /// (`train.seed + i`), and the candidate is their weight average. One fine-tune on a few dozen noisily
-    /// labelled frames swings about a point with the seed; the average is steadier and no worse than a member.
+    /// labelled frames swings about a point with the seed; their average swings less.
     pub soup_members: usize,
     pub runs_dir: PathBuf,
     /// Version of the published model; default `<parent>-ll.<snapshot id>`.
