@@ -60,6 +60,7 @@ section "trainer train" trainer train
 section "trainer eval" trainer eval
 section "trainer calibrate-exposure" trainer calibrate-exposure
 section "trainer cloud-head" trainer cloud-head
+section "trainer fit-evidence-exponents" trainer fit-evidence-exponents
 section "trainer retrain run" trainer retrain run
 section "trainer retrain watch" trainer retrain watch
 section "trainer retrain rollback" trainer retrain rollback

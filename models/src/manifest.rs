@@ -51,6 +51,27 @@ pub struct Manifest {
     /// Evaluation figures recorded when the model was produced (e.g. `day-val/miou`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,
+    /// A semantic head's exponents in the cloud's product of experts with the edge's scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_exponents: Option<EvidenceExponents>,
+}
+
+/// How much the edge's and the semantic head's class scores count in their product (`p_edge^edge * p_head^head`),
+/// fitted by maximum likelihood on labelled old-task frames (`trainer fit-evidence-exponents`). A head without them
+/// counts as much as the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceExponents {
+    pub edge: f32,
+    pub head: f32,
+}
+
+impl EvidenceExponents {
+    pub fn as_expert_exponents(self) -> sam_core::ExpertExponents {
+        sam_core::ExpertExponents {
+            first: self.edge,
+            second: self.head,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

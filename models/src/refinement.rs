@@ -60,7 +60,7 @@ impl Refinement<'_> {
             Some(head) => {
                 let head_scores = head.class_scores(&embedding)?;
                 combined = edge_scores
-                    .product(&head_scores)
+                    .product(&head_scores, head.evidence_exponents())
                     .ok_or(RefineError::ClassCount {
                         head: head_scores.classes,
                         edge: edge_scores.classes,

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use safetensors::{Dtype, SafeTensors};
-use sam_core::ClassScores;
+use sam_core::{ClassScores, ExpertExponents};
 
 use crate::manifest::{LoadedManifest, Manifest, ManifestError};
 use crate::sam::{EMBEDDING_CELL, Embedding};
@@ -165,6 +165,13 @@ impl SemanticHead {
 
     pub fn weights(&self) -> &HeadWeights {
         &self.weights
+    }
+
+    /// The exponents of the edge's scores and of this head's in the cloud's product of experts.
+    pub fn evidence_exponents(&self) -> ExpertExponents {
+        self.manifest
+            .evidence_exponents
+            .map_or(ExpertExponents::EQUAL, |e| e.as_expert_exponents())
     }
 
     /// Class probabilities at the embedded image's size, or an error when the embedding has another channel count.

@@ -39,7 +39,10 @@ fn the_head_labels_dusk_frames_better_than_the_edge_model() -> anyhow::Result<()
         head_only.add(truth.as_raw(), &head_scores.labels());
         product.add(
             truth.as_raw(),
-            &edge_scores.product(&head_scores).unwrap().labels(),
+            &edge_scores
+                .product(&head_scores, head.evidence_exponents())
+                .unwrap()
+                .labels(),
         );
     }
     let [edge_miou, head_miou, product_miou] =

@@ -87,20 +87,29 @@ impl ClassScores {
     }
 
     /// Two independent opinions about the same pixels combined as a product of experts: the normalised product of
-    /// their probabilities, so a class wins where both find it plausible and either can rule one out. Each
-    /// probability is floored at `PRODUCT_FLOOR` so one overconfident zero cannot veto alone. `None` when the
-    /// two disagree on size or class count.
-    pub fn product(&self, other: &ClassScores) -> Option<ClassScores> {
+    /// their probabilities, each raised to its expert's exponent, so a class wins where both find it plausible and
+    /// either can rule one out, and an expert known to be overconfident counts for less. Each probability is floored
+    /// at `PRODUCT_FLOOR` so one overconfident zero cannot veto alone. `None` when the two disagree on size or
+    /// class count.
+    pub fn product(&self, other: &ClassScores, exponents: ExpertExponents) -> Option<ClassScores> {
         const PRODUCT_FLOOR: f32 = 1e-6;
         if (self.classes, self.width, self.height) != (other.classes, other.width, other.height) {
             return None;
         }
+        let plain = exponents == ExpertExponents::EQUAL;
         let plane = self.plane();
         let mut probabilities: Vec<f32> = self
             .probabilities
             .iter()
             .zip(&other.probabilities)
-            .map(|(a, b)| a.max(PRODUCT_FLOOR) * b.max(PRODUCT_FLOOR))
+            .map(|(a, b)| {
+                let (a, b) = (a.max(PRODUCT_FLOOR), b.max(PRODUCT_FLOOR));
+                if plain {
+                    a * b
+                } else {
+                    a.powf(exponents.first) * b.powf(exponents.second)
+                }
+            })
             .collect();
         for p in 0..plane {
             let total: f32 = (0..self.classes)
@@ -114,6 +123,68 @@ impl ClassScores {
             probabilities,
             ..*self
         })
+    }
+}
+
+/// The exponents of a two-expert product (`p_first^first * p_second^second`, normalised).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExpertExponents {
+    pub first: f32,
+    pub second: f32,
+}
+
+impl ExpertExponents {
+    /// The plain product: both experts count alike.
+    pub const EQUAL: Self = Self {
+        first: 1.0,
+        second: 1.0,
+    };
+}
+
+/// Labelled pixels with both experts' log-probabilities, `classes` values per pixel each.
+pub struct ExpertEvidence<'a> {
+    pub first_log_probabilities: &'a [f32],
+    pub second_log_probabilities: &'a [f32],
+    pub labels: &'a [u8],
+    pub classes: usize,
+}
+
+impl ExpertEvidence<'_> {
+    /// Mean negative log-likelihood of the labels under the normalised weighted product.
+    pub fn negative_log_likelihood(&self, exponents: ExpertExponents) -> f64 {
+        let k = self.classes;
+        let mut mixed = vec![0.0f32; k];
+        let mut total = 0.0f64;
+        for (pixel, &label) in self.labels.iter().enumerate() {
+            let first = &self.first_log_probabilities[pixel * k..(pixel + 1) * k];
+            let second = &self.second_log_probabilities[pixel * k..(pixel + 1) * k];
+            for ((m, a), b) in mixed.iter_mut().zip(first).zip(second) {
+                *m = exponents.first * a + exponents.second * b;
+            }
+            let max = mixed.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let log_sum = max + mixed.iter().map(|m| (m - max).exp()).sum::<f32>().ln();
+            total += f64::from(log_sum - mixed[usize::from(label)]);
+        }
+        total / self.labels.len().max(1) as f64
+    }
+
+    /// The exponents on `grid` x `grid` with the lowest negative log-likelihood (a stacking of the two experts
+    /// fitted by maximum likelihood), with that likelihood.
+    pub fn fit_exponents(&self, grid: &[f32]) -> (ExpertExponents, f64) {
+        let mut best = (
+            ExpertExponents::EQUAL,
+            self.negative_log_likelihood(ExpertExponents::EQUAL),
+        );
+        for &first in grid {
+            for &second in grid {
+                let exponents = ExpertExponents { first, second };
+                let nll = self.negative_log_likelihood(exponents);
+                if nll < best.1 {
+                    best = (exponents, nll);
+                }
+            }
+        }
+        best
     }
 }
 
@@ -310,7 +381,7 @@ mod tests {
     fn the_product_of_two_opinions_picks_the_class_both_find_plausible() {
         let edge = scores([[0.5, 0.4, 0.1]; 8]);
         let head = scores([[0.1, 0.5, 0.4]; 8]);
-        let combined = edge.product(&head).unwrap();
+        let combined = edge.product(&head, ExpertExponents::EQUAL).unwrap();
         // 0.05 : 0.20 : 0.04, normalised; neither input alone picks class 1 over both others this clearly.
         assert_eq!(combined.labels(), vec![1; 8]);
         assert!((combined.probabilities[8] - 0.20 / 0.29).abs() < 1e-6);
@@ -323,7 +394,7 @@ mod tests {
         let doubtful = scores([[0.0, 0.999999, 0.000001]; 8]);
         assert!(
             certain
-                .product(&doubtful)
+                .product(&doubtful, ExpertExponents::EQUAL)
                 .unwrap()
                 .probabilities
                 .iter()
@@ -333,7 +404,76 @@ mod tests {
             width: 2,
             ..scores([[1.0, 0.0, 0.0]; 8])
         };
-        assert!(edge.product(&smaller).is_none());
+        assert!(edge.product(&smaller, ExpertExponents::EQUAL).is_none());
+    }
+
+    #[test]
+    fn exponents_weigh_the_experts() {
+        let edge = scores([[0.5, 0.4, 0.1]; 8]);
+        let head = scores([[0.1, 0.5, 0.4]; 8]);
+        // Exponent 0 silences an expert: the product is the other one's opinion.
+        let edge_only = ExpertExponents {
+            first: 1.0,
+            second: 0.0,
+        };
+        let alone = edge.product(&head, edge_only).unwrap();
+        assert!(
+            alone
+                .probabilities
+                .iter()
+                .zip(&edge.probabilities)
+                .all(|(a, b)| (a - b).abs() < 1e-6)
+        );
+        // sqrt(edge) * head: 0.0707 : 0.3162 : 0.1265, normalised.
+        let half = ExpertExponents {
+            first: 0.5,
+            second: 1.0,
+        };
+        let weighted = edge.product(&head, half).unwrap();
+        let expected =
+            0.5f32.sqrt() * 0.1 / (0.5f32.sqrt() * 0.1 + 0.4f32.sqrt() * 0.5 + 0.1f32.sqrt() * 0.4);
+        assert!((weighted.probabilities[0] - expected).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_fitted_exponents_trust_the_calibrated_expert_over_the_overconfident_one() {
+        // Two classes, 100 labelled pixels, truth alternating. The first expert says 0.95 for its pick and is right
+        // on 60 pixels; the second says 0.7 for its pick and is right on 80.
+        let classes = 2;
+        let labels: Vec<u8> = (0..100).map(|i| (i % 2) as u8).collect();
+        let opinion = |right: bool, label: u8, confidence: f32| -> [f32; 2] {
+            let pick = if right { label } else { 1 - label };
+            let mut p = [1.0 - confidence; 2];
+            p[usize::from(pick)] = confidence;
+            [p[0].ln(), p[1].ln()]
+        };
+        let first: Vec<f32> = labels
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &l)| opinion(i % 5 < 3, l, 0.95))
+            .collect();
+        let second: Vec<f32> = labels
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &l)| opinion(i % 5 != 4, l, 0.7))
+            .collect();
+        let evidence = ExpertEvidence {
+            first_log_probabilities: &first,
+            second_log_probabilities: &second,
+            labels: &labels,
+            classes,
+        };
+        let grid: Vec<f32> = (0..=30).map(|i| i as f32 * 0.1).collect();
+        let (fitted, nll) = evidence.fit_exponents(&grid);
+        assert!(fitted.first < fitted.second, "{fitted:?}");
+        assert!(nll < evidence.negative_log_likelihood(ExpertExponents::EQUAL));
+        // Likelihood by hand for the second expert alone: 80 pixels at ln 0.7, 20 at ln 0.3.
+        let second_only = ExpertExponents {
+            first: 0.0,
+            second: 1.0,
+        };
+        let by_hand = -(0.8 * 0.7f64.ln() + 0.2 * 0.3f64.ln());
+        assert!((evidence.negative_log_likelihood(second_only) - by_hand).abs() < 1e-5);
     }
 
     #[test]

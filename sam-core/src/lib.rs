@@ -15,7 +15,10 @@ pub mod regions;
 pub mod rle;
 pub mod upscale;
 
-pub use fusion::{ClassScores, ConfidentVoteParams, FusionRule, fuse, fuse_oracle};
+pub use fusion::{
+    ClassScores, ConfidentVoteParams, ExpertEvidence, ExpertExponents, FusionRule, fuse,
+    fuse_oracle,
+};
 pub use grid::{
     CropBox, build_all_layer_point_grids, build_point_grid, generate_crop_boxes,
     is_box_near_crop_edge,

@@ -7,14 +7,18 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use image::RgbImage;
+use models::EdgeModel;
 use models::dataset::Sample;
-use models::manifest::{ClassInfo, FileEntry, Manifest, Provenance};
+use models::manifest::{
+    ClassInfo, EvidenceExponents, FileEntry, LoadedManifest, Manifest, Provenance,
+};
 use models::metrics::{ConfusionMatrix, SegmentationScores};
 use models::sam::SamModel;
 use models::semantic_head::{HeadWeights, SEMANTIC_HEAD_KIND, SemanticHead, cell_targets};
 use ndarray::{Array, Array1, Array2, Dimension};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sam_core::{ExpertEvidence, ExpertExponents};
 use tch::{Device, Kind, Tensor, nn, nn::Module, nn::OptimizerConfig};
 
 pub const WEIGHTS_FILE: &str = "semantic_head.safetensors";
@@ -276,6 +280,8 @@ pub fn write_head(weights: &HeadWeights, dir: &Path, info: HeadInfo<'_>) -> Resu
         input: sam.input.clone(),
         outputs: Vec::new(),
         metrics: BTreeMap::new(),
+        // Fitted afterwards against a given edge model: `trainer fit-evidence-exponents`.
+        evidence_exponents: None,
     };
     manifest.write_with_checksums(dir)?;
     Ok(())
@@ -297,6 +303,111 @@ pub fn evaluate_head(
         on_frame(i + 1);
     }
     Ok(confusion.scores())
+}
+
+/// Log-probabilities of the edge's and the head's class scores at labelled pixels (every `pixel_step`-th pixel
+/// across and down), as the cloud computes both: the head on MobileSAM's embedding, the edge's scores resized
+/// to the frame. Probabilities are floored as in the cloud's product, so a zero is a finite log.
+pub struct EvidenceSamples {
+    pub edge: Vec<f32>,
+    pub head: Vec<f32>,
+    pub labels: Vec<u8>,
+    pub classes: usize,
+}
+
+impl EvidenceSamples {
+    pub fn evidence(&self) -> ExpertEvidence<'_> {
+        ExpertEvidence {
+            first_log_probabilities: &self.edge,
+            second_log_probabilities: &self.head,
+            labels: &self.labels,
+            classes: self.classes,
+        }
+    }
+}
+
+/// Exponents tried for each expert by `trainer fit-evidence-exponents`: 0.1 to 2.0.
+pub const EXPONENT_GRID: [f32; 20] = [
+    0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9,
+    2.0,
+];
+
+pub fn collect_evidence(
+    head: &SemanticHead,
+    sam: &SamModel,
+    edge: &EdgeModel,
+    samples: &[Sample],
+    pixel_step: usize,
+    mut on_frame: impl FnMut(usize),
+) -> Result<EvidenceSamples> {
+    const FLOOR: f32 = 1e-6;
+    let classes = head.weights().classes();
+    if edge.num_classes() != classes {
+        bail!(
+            "the edge model has {} classes, the head {classes}",
+            edge.num_classes()
+        );
+    }
+    let mut collected = EvidenceSamples {
+        edge: Vec::new(),
+        head: Vec::new(),
+        labels: Vec::new(),
+        classes,
+    };
+    for (i, sample) in samples.iter().enumerate() {
+        let (image, truth) = sample.load_labelled()?;
+        let (width, height) = image.dimensions();
+        let head_scores = head.class_scores(&sam.embed(&image)?)?;
+        let edge_scores = edge
+            .segment(&image)?
+            .class_scores()
+            .resized_nearest(width, height);
+        let plane = (width * height) as usize;
+        for y in (0..height as usize).step_by(pixel_step.max(1)) {
+            for x in (0..width as usize).step_by(pixel_step.max(1)) {
+                let pixel = y * width as usize + x;
+                let label = truth.as_raw()[pixel];
+                if usize::from(label) >= classes {
+                    continue;
+                }
+                collected.labels.push(label);
+                for c in 0..classes {
+                    collected
+                        .edge
+                        .push(edge_scores.probabilities[c * plane + pixel].max(FLOOR).ln());
+                    collected
+                        .head
+                        .push(head_scores.probabilities[c * plane + pixel].max(FLOOR).ln());
+                }
+            }
+        }
+        on_frame(i + 1);
+    }
+    if collected.labels.is_empty() {
+        bail!("no labelled pixel in the {} frames", samples.len());
+    }
+    Ok(collected)
+}
+
+/// Writes fitted exponents into the head's manifest as a new version (the old one becomes its parent; the
+/// weights are unchanged).
+pub fn record_evidence_exponents(
+    head_dir: &Path,
+    exponents: ExpertExponents,
+    version: &str,
+    note: &str,
+) -> Result<()> {
+    let mut loaded = LoadedManifest::load_verified(head_dir)?;
+    let manifest = &mut loaded.manifest;
+    manifest.evidence_exponents = Some(EvidenceExponents {
+        edge: exponents.first,
+        head: exponents.second,
+    });
+    manifest.provenance.parent_version = Some(manifest.version.clone());
+    manifest.version = version.to_string();
+    manifest.provenance.produced_by = format!("{}; {note}", manifest.provenance.produced_by);
+    manifest.write_with_checksums(head_dir)?;
+    Ok(())
 }
 
 #[cfg(test)]

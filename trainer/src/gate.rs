@@ -1,5 +1,6 @@
 //! The evaluation gate: a retrained model is published only when it is better on the new task and not more than
-//! a set margin worse on the old one. Pure: figures in, decision out.
+//! a set margin worse on the old one, both than its parent and than the registry's first version (so forgetting
+//! cannot build up a margin at a time over rounds). Pure: figures in, decision out.
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +57,12 @@ pub enum Refusal {
         candidate_points: f64,
         allowed_drop_points: f64,
     },
+    /// The old task lost more than the policy allows since the registry's first version (over several rounds).
+    OldTaskDroppedSinceFirstVersion {
+        first_version_points: f64,
+        candidate_points: f64,
+        allowed_drop_points: f64,
+    },
     /// A score is missing or not a number (e.g. an evaluation split without any labelled pixel).
     ScoreNotANumber { split: String },
 }
@@ -66,6 +73,9 @@ pub struct GateDecision {
     pub policy: GatePolicy,
     pub parent: TaskScores,
     pub candidate: TaskScores,
+    /// The old-task mIoU of the registry's first version, when the parent is a later one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_version_old_task_miou: Option<f64>,
     /// Why not, when not published; every failed condition is listed.
     pub refusals: Vec<Refusal>,
 }
@@ -74,7 +84,14 @@ pub const OLD_TASK: &str = "old-task";
 pub const NEW_TASK_BUFFER: &str = "new-task-buffer";
 pub const NEW_TASK_LABELLED: &str = "new-task-labelled";
 
-pub fn decide(parent: &TaskScores, candidate: &TaskScores, policy: &GatePolicy) -> GateDecision {
+/// `first_version_old_task_miou`: the old-task mIoU of the registry's first version when the parent is a later
+/// one (the drop from it is bounded too).
+pub fn decide(
+    parent: &TaskScores,
+    candidate: &TaskScores,
+    first_version_old_task_miou: Option<f64>,
+    policy: &GatePolicy,
+) -> GateDecision {
     let mut refusals = Vec::new();
     let labelled =
         parent.new_task_labelled_miou.is_some() || candidate.new_task_labelled_miou.is_some();
@@ -122,11 +139,27 @@ pub fn decide(parent: &TaskScores, candidate: &TaskScores, policy: &GatePolicy) 
             allowed_drop_points: policy.max_old_task_drop,
         });
     }
+    match first_version_old_task_miou {
+        Some(first) if !first.is_finite() => refusals.push(Refusal::ScoreNotANumber {
+            split: format!("{OLD_TASK} (first version)"),
+        }),
+        Some(first)
+            if after.is_finite() && points(first) - points(after) > policy.max_old_task_drop =>
+        {
+            refusals.push(Refusal::OldTaskDroppedSinceFirstVersion {
+                first_version_points: points(first),
+                candidate_points: points(after),
+                allowed_drop_points: policy.max_old_task_drop,
+            })
+        }
+        _ => {}
+    }
     GateDecision {
         publish: refusals.is_empty(),
         policy: *policy,
         parent: *parent,
         candidate: *candidate,
+        first_version_old_task_miou,
         refusals,
     }
 }
@@ -154,6 +187,14 @@ impl std::fmt::Display for Refusal {
             } => write!(
                 f,
                 "{OLD_TASK}: {candidate_points:.2} vs parent {parent_points:.2} mIoU, drop above the allowed {allowed_drop_points:.2}"
+            ),
+            Refusal::OldTaskDroppedSinceFirstVersion {
+                first_version_points,
+                candidate_points,
+                allowed_drop_points,
+            } => write!(
+                f,
+                "{OLD_TASK}: {candidate_points:.2} vs the first version's {first_version_points:.2} mIoU, drop above the allowed {allowed_drop_points:.2}"
             ),
             Refusal::ScoreNotANumber { split } => write!(f, "{split}: no valid score"),
         }

@@ -34,6 +34,9 @@ enum Command {
     CalibrateExposure(ExposureArgs),
     /// Train the cloud's semantic head on MobileSAM embeddings of labelled frames (the initial training set).
     CloudHead(CloudHeadArgs),
+    /// Fit how much the edge's and the semantic head's class scores count in the cloud's product of experts, by
+    /// maximum likelihood on labelled old-task frames; written into the head's manifest as a new version.
+    FitEvidenceExponents(EvidenceExponentArgs),
     /// Lifelong retraining on the replay buffer, labelled by the cloud, gated, published into a model registry.
     Retrain {
         #[command(subcommand)]
@@ -149,6 +152,30 @@ struct CloudHeadArgs {
 }
 
 #[derive(Args)]
+struct EvidenceExponentArgs {
+    /// The head directory to update in place.
+    #[arg(long, default_value_os_t = models::paths::models_dir().join("cloud-head"))]
+    head: PathBuf,
+    /// The SAM model whose embeddings the head reads.
+    #[arg(long, default_value_os_t = models::paths::models_dir().join("mobilesam"))]
+    sam_model: PathBuf,
+    /// The edge model whose scores the cloud multiplies with the head's.
+    #[arg(long, default_value_os_t = models::paths::edge_model_dir())]
+    edge_model: PathBuf,
+    /// Labelled frames of the task both models were trained for (e.g. day-val), never the drift's frames.
+    #[arg(long)]
+    index: PathBuf,
+    /// Every n-th pixel across and down is a sample.
+    #[arg(long, default_value_t = 8)]
+    pixel_step: usize,
+    /// Version written into the head's manifest (the old one becomes its parent).
+    #[arg(long)]
+    version: String,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+#[derive(Args)]
 struct ExposureArgs {
     /// The model directory to update in place.
     #[arg(long, default_value = "models/edge/current")]
@@ -171,6 +198,7 @@ fn main() -> Result<()> {
         Command::Eval(args) => eval(args),
         Command::CalibrateExposure(args) => calibrate_exposure(&args),
         Command::CloudHead(args) => cloud_head(&args),
+        Command::FitEvidenceExponents(args) => fit_evidence_exponents(&args),
         Command::Retrain { action } => retrain_cli::run(action),
     }
 }
@@ -260,6 +288,57 @@ fn cloud_head(args: &CloudHeadArgs) -> Result<()> {
     }
     loaded.manifest.write_with_checksums(&args.out)?;
     println!("published {} version {}", args.out.display(), args.version);
+    Ok(())
+}
+
+fn fit_evidence_exponents(args: &EvidenceExponentArgs) -> Result<()> {
+    let session = SessionConfig {
+        intra_threads: args.threads,
+        ..SessionConfig::default()
+    };
+    let head = models::SemanticHead::load(&args.head)
+        .with_context(|| format!("loading {}", args.head.display()))?;
+    let sam = models::sam::SamModel::load(&args.sam_model, session)
+        .with_context(|| format!("loading {}", args.sam_model.display()))?;
+    let edge = EdgeModel::load(&args.edge_model, session)
+        .with_context(|| format!("loading {}", args.edge_model.display()))?;
+    let samples = read_index(&args.index, None)?;
+    let bar = trainer::progress::bar(samples.len() as u64, "scoring");
+    let collected = trainer::cloud_head::collect_evidence(
+        &head,
+        &sam,
+        &edge,
+        &samples,
+        args.pixel_step,
+        |i| bar.set_position(i as u64),
+    )?;
+    bar.finish_and_clear();
+    let evidence = collected.evidence();
+    let (fitted, nll) = evidence.fit_exponents(&trainer::cloud_head::EXPONENT_GRID);
+    let equal = evidence.negative_log_likelihood(sam_core::ExpertExponents::EQUAL);
+    println!(
+        "{} labelled pixels of {} frames; mean negative log-likelihood per pixel:",
+        collected.labels.len(),
+        samples.len()
+    );
+    println!("| edge exponent | head exponent | NLL |\n|---|---|---|");
+    println!("| 1.0 | 1.0 | {equal:.4} |");
+    println!("| {:.1} | {:.1} | {nll:.4} |", fitted.first, fitted.second);
+    let note = format!(
+        "trainer fit-evidence-exponents --index {} --pixel-step {} with edge model {} {} (NLL {equal:.4} -> {nll:.4})",
+        args.index.display(),
+        args.pixel_step,
+        edge.manifest().name,
+        edge.manifest().version
+    );
+    trainer::cloud_head::record_evidence_exponents(&args.head, fitted, &args.version, &note)?;
+    println!(
+        "{} version {}: edge exponent {:.1}, head exponent {:.1}",
+        args.head.display(),
+        args.version,
+        fitted.first,
+        fitted.second
+    );
     Ok(())
 }
 

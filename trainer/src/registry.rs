@@ -150,6 +150,15 @@ impl Registry {
         Ok((current.version, parent))
     }
 
+    /// The version the registry started from (its first adoption), if any.
+    pub fn first_version(&self) -> Result<Option<String>> {
+        Ok(self
+            .history()?
+            .into_iter()
+            .find(|change| change.action == "adopt")
+            .map(|change| change.to))
+    }
+
     /// Every pointer change so far, oldest first.
     pub fn history(&self) -> Result<Vec<PointerChange>> {
         let path = self.dir.join(HISTORY);

@@ -167,6 +167,15 @@ pub fn retrain(
             .then(|| trainer.evaluate(&labelled_frames).miou),
     };
     let parent_scores = score(&trainer);
+    // Forgetting is bounded against the registry's first version too, so it cannot build up over rounds.
+    let first_version_old_task_miou = match registry.first_version()? {
+        Some(first) if first != parent_version => {
+            let first_model = Trainer::load(&registry.version_dir(&first))
+                .with_context(|| format!("loading the registry's first version {first}"))?;
+            Some(first_model.evaluate(&old_task_frames).miou)
+        }
+        _ => None,
+    };
 
     let checkpoints = run_dir.join("checkpoints");
     let members = config.soup_members.max(1);
@@ -202,7 +211,12 @@ pub fn retrain(
     trainer.average_with(&member_weights)?;
     drop(train_frames);
     let candidate_scores = score(&trainer);
-    let decision = decide(&parent_scores, &candidate_scores, &config.gate);
+    let decision = decide(
+        &parent_scores,
+        &candidate_scores,
+        first_version_old_task_miou,
+        &config.gate,
+    );
     tracing::info!(
         publish = decision.publish,
         parent = ?decision.parent,

@@ -153,6 +153,8 @@ fn retrains_on_a_buffer_snapshot_publishes_into_the_registry_and_rolls_back() {
     );
     assert!(report.decision.publish, "{:?}", report.decision.refusals);
     assert!(report.decision.parent.new_task_labelled_miou.is_some());
+    // The parent is the registry's first version: there is no earlier version to bound forgetting against.
+    assert_eq!(report.decision.first_version_old_task_miou, None);
 
     // The decision and its figures sit next to the run.
     let recorded: RetrainReport =

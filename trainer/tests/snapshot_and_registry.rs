@@ -145,6 +145,7 @@ fn the_registry_adopts_a_seed_once_and_refuses_a_rollback_without_a_parent() {
     fake_model(&seed, "1.0.0", None);
     let registry = Registry::open(&dir.path().join("registry")).unwrap();
     assert!(registry.current().unwrap().is_none());
+    assert_eq!(registry.first_version().unwrap(), None);
     assert_eq!(registry.adopt_if_empty(&seed).unwrap(), "1.0.0");
     assert!(
         std::fs::symlink_metadata(registry.current_link())
@@ -158,6 +159,7 @@ fn the_registry_adopts_a_seed_once_and_refuses_a_rollback_without_a_parent() {
     fake_model(&other, "9.9.9", None);
     assert_eq!(registry.adopt_if_empty(&other).unwrap(), "1.0.0");
     assert_eq!(registry.history().unwrap().len(), 1);
+    assert_eq!(registry.first_version().unwrap().as_deref(), Some("1.0.0"));
 
     let error = registry.rollback().err().unwrap();
     assert!(error.to_string().contains("no parent version"), "{error}");

@@ -4,12 +4,17 @@
 //! class-balanced rehearsal from the original training set and the evaluation gate) may publish a new version
 //! into the run's own model registry; then the model the edge would serve is scored on every task.
 //!
+//! A later task can take several rounds (`lifelong_training` hyperparameter `rounds`, default 1): the robot meets
+//! the task's stream again with the model it serves after the previous round, so the frames it uploads are
+//! labelled with that model's better class scores and retrained from it (self-training with a teacher that
+//! improves with the student).
+//!
 //! Rows of the accuracy matrix: the model before any round, then after each round. Columns: the tasks' labelled
-//! validation splits. With `A[r][j]` the mIoU on task `j` after round `r` (task `j` is learned in round `j`;
-//! task 0 by the initial training):
-//! - BWT = mean over tasks learned before the last round of `A[last][j] - A[j][j]` (forgetting; Ianvs's BWT is
+//! validation splits. With `A[r][j]` the mIoU on task `j` after round `r`, and `L(j)` the row after task `j`'s
+//! last round (`L(0) = 0`: the initial training):
+//! - BWT = mean over tasks learned before the last one of `A[last][j] - A[L(j)][j]` (forgetting; Ianvs's BWT is
 //!   this for a single drift),
-//! - FWT = mean over the later tasks of `A[j][j] - A[0][j]` (Ianvs's FWT: what learning a task gained on it),
+//! - FWT = mean over the later tasks of `A[L(j)][j] - A[0][j]` (Ianvs's FWT: what learning a task gained on it),
 //! - task_avg_acc = mean of the last row.
 
 use std::collections::BTreeMap;
@@ -42,20 +47,29 @@ pub struct AccuracyMatrix {
     pub rows: Vec<String>,
     /// `miou[row][task]`.
     pub miou: Vec<Vec<f64>>,
+    /// Per task learned so far, the row after its last round (0 for the initially trained task).
+    pub learned_at: Vec<usize>,
 }
 
 impl AccuracyMatrix {
     pub fn bwt(&self) -> f64 {
         let last = self.miou.len() - 1;
-        let earlier: Vec<f64> = (0..last.min(self.tasks.len()))
-            .map(|j| self.miou[last][j] - self.miou[j][j])
+        let learned_before_last = self.learned_at.len().saturating_sub(1);
+        let earlier: Vec<f64> = self.learned_at[..learned_before_last]
+            .iter()
+            .enumerate()
+            .map(|(j, &row)| self.miou[last][j] - self.miou[row][j])
             .collect();
         mean(&earlier)
     }
 
     pub fn fwt(&self) -> f64 {
-        let later: Vec<f64> = (1..self.miou.len().min(self.tasks.len()))
-            .map(|j| self.miou[j][j] - self.miou[0][j])
+        let later: Vec<f64> = self
+            .learned_at
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(j, &row)| self.miou[row][j] - self.miou[0][j])
             .collect();
         mean(&later)
     }
@@ -129,66 +143,79 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
         tasks: tasks.iter().map(|t| t.name.clone()).collect(),
         rows: vec!["initial".into()],
         miou: vec![evaluate_all(&registry.current_link())?],
+        learned_at: vec![0],
     };
     let (mut streamed, mut uploaded) = (0usize, 0usize);
     let mut notes = String::new();
     // What the last round's retrained model scored, published or not (the gate's own figures).
     let mut candidate = None;
     let mut published_rounds = 0;
-    for (round, task) in tasks.iter().enumerate().skip(1) {
-        let export = dir.join(format!("round-{round}-{}", task.name));
-        let live = std::fs::canonicalize(registry.current_link())?;
-        let (seen, sent) = stream_task(spec, task, &live, &export, args)?;
-        streamed += seen;
-        uploaded += sent;
-        let mut flags = vec![
-            ("registry", path_text(&registry_dir)),
-            ("seed-model", path_text(&seed_model)),
-            ("buffer-export", path_text(&export)),
-            ("runs-dir", path_text(&dir.join("retrain"))),
-            ("old-task-index", path_text(&tasks[0].eval_index)),
-            ("new-task-labelled-index", path_text(&task.eval_index)),
-        ];
-        if let Some(train_index) = &job.testenv.dataset.train_index {
-            flags.push(("rehearsal-index", path_text(train_index)));
+    // Every lifelong_training hyperparameter but `rounds` is a `trainer retrain run` flag (`learning_rate` ->
+    // `--learning-rate`), with the same defaults and checks.
+    let training = spec.module(ModuleType::LifelongTraining);
+    let rounds_per_task = match training.map(|m| m.number("rounds")).transpose()?.flatten() {
+        Some(n) if n >= 1.0 && n.fract() == 0.0 => n as usize,
+        Some(n) => bail!("lifelong_training `rounds` must be a whole number >= 1, not {n}"),
+        None => 1,
+    };
+    let named: Vec<(String, String)> = training
+        .map(|m| {
+            m.params
+                .iter()
+                .filter(|(k, _)| k.as_str() != "rounds")
+                .map(|(k, v)| (k.replace('_', "-"), value_text(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut round = 0;
+    for task in tasks.iter().skip(1) {
+        for _ in 0..rounds_per_task {
+            round += 1;
+            let export = dir.join(format!("round-{round}-{}", task.name));
+            let live = std::fs::canonicalize(registry.current_link())?;
+            let (seen, sent) = stream_task(spec, task, &live, &export, args)?;
+            streamed += seen;
+            uploaded += sent;
+            let mut flags = vec![
+                ("registry", path_text(&registry_dir)),
+                ("seed-model", path_text(&seed_model)),
+                ("buffer-export", path_text(&export)),
+                ("runs-dir", path_text(&dir.join("retrain"))),
+                ("old-task-index", path_text(&tasks[0].eval_index)),
+                ("new-task-labelled-index", path_text(&task.eval_index)),
+            ];
+            if let Some(train_index) = &job.testenv.dataset.train_index {
+                flags.push(("rehearsal-index", path_text(train_index)));
+            }
+            flags.extend(named.iter().map(|(k, v)| (k.as_str(), v.clone())));
+            let retrain_args = RetrainArgs::from_flags(flags).context(
+                "lifelong_training hyperparameters (they are `trainer retrain run` flags)",
+            )?;
+            tch::set_num_threads(retrain_args.threads());
+            let config = retrain_config(&retrain_args);
+            let report = retrain(&config, |epoch, loss| {
+                eprintln!("  round {round} epoch {epoch}: loss {loss:.4}")
+            })?;
+            candidate = Some(report.decision.candidate);
+            published_rounds += usize::from(report.decision.publish);
+            let _ = writeln!(
+                notes,
+                "round {round} ({}): {sent}/{seen} frames uploaded; candidate {} {}; gate: parent {:?}, candidate {:?}, refusals {:?}",
+                task.name,
+                report.candidate_version,
+                if report.decision.publish {
+                    "published"
+                } else {
+                    "refused"
+                },
+                report.decision.parent,
+                report.decision.candidate,
+                report.decision.refusals
+            );
+            matrix.rows.push(format!("round {round} ({})", task.name));
+            matrix.miou.push(evaluate_all(&registry.current_link())?);
         }
-        // Every lifelong_training hyperparameter is a `trainer retrain run` flag (`learning_rate` ->
-        // `--learning-rate`), with the same defaults and checks.
-        let training = spec.module(ModuleType::LifelongTraining);
-        let named: Vec<(String, String)> = training
-            .map(|m| {
-                m.params
-                    .iter()
-                    .map(|(k, v)| (k.replace('_', "-"), value_text(v)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        flags.extend(named.iter().map(|(k, v)| (k.as_str(), v.clone())));
-        let retrain_args = RetrainArgs::from_flags(flags)
-            .context("lifelong_training hyperparameters (they are `trainer retrain run` flags)")?;
-        tch::set_num_threads(retrain_args.threads());
-        let config = retrain_config(&retrain_args);
-        let report = retrain(&config, |epoch, loss| {
-            eprintln!("  round {round} epoch {epoch}: loss {loss:.4}")
-        })?;
-        candidate = Some(report.decision.candidate);
-        published_rounds += usize::from(report.decision.publish);
-        let _ = writeln!(
-            notes,
-            "round {round} ({}): {sent}/{seen} frames uploaded; candidate {} {}; gate: parent {:?}, candidate {:?}, refusals {:?}",
-            task.name,
-            report.candidate_version,
-            if report.decision.publish {
-                "published"
-            } else {
-                "refused"
-            },
-            report.decision.parent,
-            report.decision.candidate,
-            report.decision.refusals
-        );
-        matrix.rows.push(format!("round {round} ({})", task.name));
-        matrix.miou.push(evaluate_all(&registry.current_link())?);
+        matrix.learned_at.push(round);
     }
     std::fs::write(
         dir.join("lifelong.md"),
@@ -354,10 +381,25 @@ mod tests {
             tasks: vec!["day".into(), "dusk".into()],
             rows: vec!["initial".into(), "round 1".into()],
             miou: vec![vec![0.67, 0.38], vec![0.66, 0.45]],
+            learned_at: vec![0, 1],
         };
         assert!((matrix.bwt() - -0.01).abs() < 1e-12);
         assert!((matrix.fwt() - 0.07).abs() < 1e-12);
         assert!((matrix.task_avg_acc() - 0.555).abs() < 1e-12);
         assert!(matrix.markdown().contains("| round 1 | 0.6600 | 0.4500 |"));
+    }
+
+    #[test]
+    fn a_task_of_several_rounds_counts_from_its_last_round() {
+        // Dusk takes rounds 1 and 2: its transfer is measured after round 2, and so is day's forgetting.
+        let matrix = AccuracyMatrix {
+            tasks: vec!["day".into(), "dusk".into()],
+            rows: vec!["initial".into(), "round 1".into(), "round 2".into()],
+            miou: vec![vec![0.67, 0.38], vec![0.66, 0.45], vec![0.655, 0.48]],
+            learned_at: vec![0, 2],
+        };
+        assert!((matrix.bwt() - -0.015).abs() < 1e-12);
+        assert!((matrix.fwt() - 0.10).abs() < 1e-12);
+        assert!((matrix.task_avg_acc() - 0.5675).abs() < 1e-12);
     }
 }
