@@ -111,7 +111,8 @@ pub struct ServeArgs {
     )]
     pub fusion: FusionArg,
     /// Whose class scores label the masks. `edge-and-head` multiplies the edge's scores with the cloud's semantic
-    /// head (`--semantic-head`): on CamVid dusk it lifts the cloud's labels well above the edge's own
+    /// head's (`--semantic-head`), each raised to the exponent in the head's manifest (fitted on day-val by
+    /// `trainer fit-evidence-exponents`): on CamVid dusk it lifts the cloud's labels well above the edge's own
     /// (benchmarks/README.md, `miners`).
     #[arg(
         long,

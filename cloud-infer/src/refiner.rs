@@ -86,8 +86,9 @@ impl FusionArg {
 pub enum ClassEvidenceArg {
     /// The edge's scores only: the cloud sharpens the edge's opinion along SAM's masks.
     Edge,
-    /// The edge's scores times the cloud's semantic head on the SAM embedding (a product of experts): the head was
-    /// trained on the daylight training set only and keeps its footing where the edge model drifts.
+    /// The edge's scores times the cloud's semantic head on the SAM embedding (a product of experts, weighted by
+    /// the exponents in the head's manifest): the head was trained on the daylight training set only and keeps its
+    /// footing where the edge model drifts.
     EdgeAndHead,
 }
 

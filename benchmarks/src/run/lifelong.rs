@@ -300,11 +300,20 @@ fn stream_task(
         .transpose()?;
     let mut teacher = match spec.module(ModuleType::CloudRefinement) {
         Some(module) if module.name == GROUND_TRUTH_TEACHER => Teacher::GroundTruth,
-        _ => Teacher::Cloud(Box::new(cloud_labeller(
-            spec,
-            &args.cache,
-            &format!("{}-{}", model.manifest().name, model.manifest().version),
-        )?)),
+        _ => {
+            // A retrained version's name follows its parent and snapshot only, so runs with other training settings
+            // publish other weights under the same name: the cached labels are keyed by the weights too.
+            let manifest = model.manifest();
+            let weights = manifest
+                .files
+                .get("model")
+                .map_or("", |file| &file.sha256[..file.sha256.len().min(12)]);
+            Teacher::Cloud(Box::new(cloud_labeller(
+                spec,
+                &args.cache,
+                &format!("{}-{}-{weights}", manifest.name, manifest.version),
+            )?))
+        }
     };
     let stream: Vec<Sample> = test_frames(
         task.stream_index.as_ref().expect("checked"),
