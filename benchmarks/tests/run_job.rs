@@ -244,6 +244,7 @@ fn a_lifelong_job_reports_the_accuracy_matrix() {
               - max_old_task_frames: {{values: [2]}}
               - max_old_task_drop: {{values: [100]}}
               - min_new_task_gain: {{values: [-100]}}
+              - rounds: {{values: [2]}}
 ",
             workspace = workspace.display(),
             train = index("day-train"),
@@ -259,6 +260,7 @@ fn a_lifelong_job_reports_the_accuracy_matrix() {
         "{leaderboard}"
     );
     assert!(leaderboard.contains("| round 1 (dusk) |"), "{leaderboard}");
+    assert!(leaderboard.contains("| round 2 (dusk) |"), "{leaderboard}");
     let out = &run_dirs(&workspace, "lifelong-smoke")[0];
     let run = std::fs::read_dir(out.join("runs"))
         .unwrap()
@@ -270,16 +272,49 @@ fn a_lifelong_job_reports_the_accuracy_matrix() {
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
     let matrix = &metrics["lifelong"]["miou"];
-    assert_eq!(matrix.as_array().unwrap().len(), 2, "initial and one round");
-    // The gate was told to accept anything, so round 1 serves the retrained model: its scores differ.
+    assert_eq!(
+        matrix.as_array().unwrap().len(),
+        3,
+        "initial and two rounds of dusk"
+    );
+    assert_eq!(metrics["lifelong"]["learned_at"], serde_json::json!([0, 2]));
+    // The gate was told to accept anything, so each round serves a newly retrained model: its scores differ.
     assert_ne!(matrix[0], matrix[1]);
+    assert_ne!(matrix[1], matrix[2]);
     assert_eq!(
         metrics["metrics"]["samples_transfer_ratio"], 1.0,
         "no miner: every frame"
     );
+    // Transfer is measured after the task's last round.
+    let at = |row: usize, task: usize| matrix[row][task].as_f64().unwrap();
     let bwt = metrics["metrics"]["bwt"].as_f64().unwrap();
-    let day = |row: usize| matrix[row][0].as_f64().unwrap();
-    assert!((bwt - (day(1) - day(0))).abs() < 1e-9);
+    let fwt = metrics["metrics"]["fwt"].as_f64().unwrap();
+    assert!((bwt - (at(2, 0) - at(0, 0))).abs() < 1e-9);
+    assert!((fwt - (at(2, 1) - at(0, 1))).abs() < 1e-9);
+    // The second round's frames were labelled from the first round's model (its own cache entries), and its gate
+    // also held the old task against the registry's first version.
+    let labellers: Vec<String> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(labellers.len(), 2, "{labellers:?}");
+    let decisions: Vec<serde_json::Value> = std::fs::read_dir(run.join("retrain"))
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path().join("decision.json");
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        })
+        .collect();
+    assert_eq!(decisions.len(), 2);
+    let bounded: Vec<bool> = decisions
+        .iter()
+        .map(|d| d["decision"]["first_version_old_task_miou"].is_number())
+        .collect();
+    assert_eq!(
+        bounded.iter().filter(|b| **b).count(),
+        1,
+        "only round 2 has an earlier version"
+    );
     assert!(image::open(out.join(format!("plots/accuracy_matrix-{run_id}.png"))).is_ok());
 }
 
