@@ -314,6 +314,13 @@ fn print_report(report: &RetrainReport) {
         opt(d.parent.new_task_labelled_miou),
         opt(d.candidate.new_task_labelled_miou)
     );
+    if let Some(first) = d.first_version_old_task_miou {
+        println!(
+            "old task of the registry's first version: {:.2} (the candidate may lose at most {:.2} from it)",
+            first * 100.0,
+            d.policy.max_old_task_drop
+        );
+    }
     match &report.published {
         Some(dir) => println!(
             "PUBLISHED {} at {}",
