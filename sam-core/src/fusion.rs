@@ -92,7 +92,6 @@ impl ClassScores {
     /// at `PRODUCT_FLOOR` so one overconfident zero cannot veto alone. `None` when the two disagree on size or
     /// class count.
     pub fn product(&self, other: &ClassScores, exponents: ExpertExponents) -> Option<ClassScores> {
-        const PRODUCT_FLOOR: f32 = 1e-6;
         if (self.classes, self.width, self.height) != (other.classes, other.width, other.height) {
             return None;
         }
@@ -125,6 +124,9 @@ impl ClassScores {
         })
     }
 }
+
+/// The least probability either expert's opinion counts with in [`ClassScores::product`].
+pub const PRODUCT_FLOOR: f32 = 1e-6;
 
 /// The exponents of a two-expert product (`p_first^first * p_second^second`, normalised).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -16,8 +16,8 @@ pub mod rle;
 pub mod upscale;
 
 pub use fusion::{
-    ClassScores, ConfidentVoteParams, ExpertEvidence, ExpertExponents, FusionRule, fuse,
-    fuse_oracle,
+    ClassScores, ConfidentVoteParams, ExpertEvidence, ExpertExponents, FusionRule, PRODUCT_FLOOR,
+    fuse, fuse_oracle,
 };
 pub use grid::{
     CropBox, build_all_layer_point_grids, build_point_grid, generate_crop_boxes,

@@ -18,7 +18,7 @@ use models::semantic_head::{HeadWeights, SEMANTIC_HEAD_KIND, SemanticHead, cell_
 use ndarray::{Array, Array1, Array2, Dimension};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sam_core::{ExpertEvidence, ExpertExponents};
+use sam_core::{ExpertEvidence, ExpertExponents, PRODUCT_FLOOR};
 use tch::{Device, Kind, Tensor, nn, nn::Module, nn::OptimizerConfig};
 
 pub const WEIGHTS_FILE: &str = "semantic_head.safetensors";
@@ -340,7 +340,6 @@ pub fn collect_evidence(
     pixel_step: usize,
     mut on_frame: impl FnMut(usize),
 ) -> Result<EvidenceSamples> {
-    const FLOOR: f32 = 1e-6;
     let classes = head.weights().classes();
     if edge.num_classes() != classes {
         bail!(
@@ -363,8 +362,9 @@ pub fn collect_evidence(
             .class_scores()
             .resized_nearest(width, height);
         let plane = (width * height) as usize;
-        for y in (0..height as usize).step_by(pixel_step.max(1)) {
-            for x in (0..width as usize).step_by(pixel_step.max(1)) {
+        let step = pixel_step.max(1);
+        for y in (0..height as usize).step_by(step) {
+            for x in (0..width as usize).step_by(step) {
                 let pixel = y * width as usize + x;
                 let label = truth.as_raw()[pixel];
                 if usize::from(label) >= classes {
@@ -372,12 +372,16 @@ pub fn collect_evidence(
                 }
                 collected.labels.push(label);
                 for c in 0..classes {
-                    collected
-                        .edge
-                        .push(edge_scores.probabilities[c * plane + pixel].max(FLOOR).ln());
-                    collected
-                        .head
-                        .push(head_scores.probabilities[c * plane + pixel].max(FLOOR).ln());
+                    collected.edge.push(
+                        edge_scores.probabilities[c * plane + pixel]
+                            .max(PRODUCT_FLOOR)
+                            .ln(),
+                    );
+                    collected.head.push(
+                        head_scores.probabilities[c * plane + pixel]
+                            .max(PRODUCT_FLOOR)
+                            .ln(),
+                    );
                 }
             }
         }
