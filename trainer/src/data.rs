@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use models::dataset::{Sample, read_index};
 use models::manifest::InputSpec;
 use rand::Rng;
-use rand::rngs::StdRng;
 use tch::{Kind, Tensor};
 
 /// One decoded frame: image `[3, H, W]` uint8 and label map `[H, W]` uint8.
@@ -85,7 +84,7 @@ fn augment(
     aug: &Augmentation,
     spec: &InputSpec,
     ignore: i64,
-    rng: &mut StdRng,
+    rng: &mut impl Rng,
 ) -> (Tensor, Tensor) {
     let (_, h, w) = frame.image.size3().expect("image is [3, H, W]");
     let scale = rng.random_range(aug.min_scale..=aug.max_scale);
@@ -140,7 +139,7 @@ pub fn epoch_batches(
     aug: &Augmentation,
     spec: &InputSpec,
     ignore: i64,
-    rng: &mut StdRng,
+    rng: &mut impl Rng,
 ) -> impl Iterator<Item = (Tensor, Tensor)> {
     use rand::seq::SliceRandom;
     let mut order: Vec<usize> = (0..frames.len()).collect();

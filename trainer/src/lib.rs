@@ -8,6 +8,7 @@ pub mod cloud_head;
 pub mod data;
 pub mod export;
 pub mod gate;
+pub mod optimizer;
 pub mod progress;
 pub mod registry;
 pub mod rehearsal;

@@ -1,5 +1,6 @@
 //! The training loop: AdamW, warm-up then polynomial learning-rate decay, class-weighted cross-entropy with the
-//! ignore label, checkpoints every epoch (resumable), evaluation on a validation split.
+//! ignore label, checkpoints every epoch (weights, optimizer moments and the sampling generator's position, so a
+//! resumed run ends with the weights an uninterrupted one would have), evaluation on a validation split.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,13 +9,14 @@ use anyhow::{Context, Result, bail};
 use models::manifest::{InputSpec, LoadedManifest, Manifest};
 use models::metrics::{ConfusionMatrix, SegmentationScores};
 use rand::SeedableRng;
-use rand::rngs::StdRng;
+use rand_chacha::ChaCha12Rng;
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, ModuleT, OptimizerConfig};
+use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use crate::IGNORE_LABEL;
 use crate::data::{Augmentation, Frame, class_frequencies, epoch_batches, expose, normalise};
+use crate::optimizer::AdamW;
 
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -32,7 +34,8 @@ pub struct TrainConfig {
     pub freeze_prefixes: Vec<String>,
     /// Evaluate on the validation frames every this many epochs (and after the last).
     pub validate_every: usize,
-    /// Where `checkpoint.pt` and `progress.json` go; training resumes from them when present.
+    /// Where each epoch's checkpoint (weights, optimizer state) and `progress.json` go; training resumes from them
+    /// when present.
     pub checkpoint_dir: PathBuf,
 }
 
@@ -42,6 +45,19 @@ pub struct Progress {
     pub epochs_done: usize,
     pub losses: Vec<f64>,
     pub validation_miou: Vec<f64>,
+    /// Where the augmentation and shuffling generator (seeded with the configured seed) stands, in 32-bit words.
+    pub sampler_position: u128,
+}
+
+const PROGRESS_FILE: &str = "progress.json";
+
+/// The checkpoint files of the state after `epochs_done` epochs. Numbered, so `progress.json`, written last, always
+/// names a complete pair even when a crash interrupts the writing of the next one.
+fn checkpoint_files(dir: &Path, epochs_done: usize) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("weights-{epochs_done}.pt")),
+        dir.join(format!("optimizer-{epochs_done}.pt")),
+    )
 }
 
 pub struct Trainer {
@@ -131,19 +147,19 @@ impl Trainer {
             );
         }
         std::fs::create_dir_all(&config.checkpoint_dir)?;
-        let mut progress = self.resume(config)?;
+        let mut progress = self.resume_weights(config)?;
         let class_weights = config
             .class_weighting
             .then(|| loss_weights(&class_frequencies(frames, self.num_classes())));
         let steps_per_epoch = frames.len() / config.batch_size;
         let total_steps = (steps_per_epoch * config.epochs).max(1);
         self.freeze(&config.freeze_prefixes);
-        let mut optimizer = nn::AdamW {
-            wd: config.weight_decay,
-            ..Default::default()
+        let mut optimizer = AdamW::new(&self.vs, config.learning_rate, config.weight_decay);
+        if progress.epochs_done > 0 {
+            optimizer.load(&checkpoint_files(&config.checkpoint_dir, progress.epochs_done).1)?;
         }
-        .build(&self.vs, config.learning_rate)?;
-        let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(progress.epochs_done as u64));
+        let mut rng = ChaCha12Rng::seed_from_u64(config.seed);
+        rng.set_word_pos(progress.sampler_position);
         let bar = crate::progress::bar((total_steps) as u64, "training");
         bar.set_position((progress.epochs_done * steps_per_epoch) as u64);
         for epoch in progress.epochs_done..config.epochs {
@@ -161,7 +177,7 @@ impl Trainer {
             .enumerate()
             {
                 let step = epoch * steps_per_epoch + step_in_epoch;
-                optimizer.set_lr(learning_rate(config, step, total_steps));
+                optimizer.set_learning_rate(learning_rate(config, step, total_steps));
                 let logits = self.module.forward_t(&images, true);
                 let loss = logits.cross_entropy_loss::<&Tensor>(
                     &labels,
@@ -186,7 +202,8 @@ impl Trainer {
             if let Some(s) = &scores {
                 progress.validation_miou.push(s.miou);
             }
-            self.checkpoint(config, &progress)?;
+            progress.sampler_position = rng.get_word_pos();
+            self.checkpoint(config, &optimizer, &progress)?;
             bar.suspend(|| on_epoch(epoch + 1, mean_loss, scores.as_ref()));
         }
         bar.finish_and_clear();
@@ -202,33 +219,46 @@ impl Trainer {
         }
     }
 
-    fn resume(&mut self, config: &TrainConfig) -> Result<Progress> {
-        let progress_path = config.checkpoint_dir.join("progress.json");
-        let checkpoint = config.checkpoint_dir.join("checkpoint.pt");
-        if !progress_path.is_file() || !checkpoint.is_file() {
+    /// Loads the weights of the last complete checkpoint in `config.checkpoint_dir`, if any, and says how far that
+    /// run had come.
+    fn resume_weights(&mut self, config: &TrainConfig) -> Result<Progress> {
+        let progress_path = config.checkpoint_dir.join(PROGRESS_FILE);
+        if !progress_path.is_file() {
             return Ok(Progress::default());
         }
         let progress: Progress = serde_json::from_str(&std::fs::read_to_string(&progress_path)?)
             .with_context(|| format!("reading {}", progress_path.display()))?;
+        let (weights, _) = checkpoint_files(&config.checkpoint_dir, progress.epochs_done);
         let manifest = self.manifest.clone();
         let source = self.source_dir.clone();
-        *self = Self::load_module(&checkpoint, manifest, &source)?;
+        *self = Self::load_module(&weights, manifest, &source)?;
         tracing::info!(
             epochs_done = progress.epochs_done,
             "resuming from {}",
-            checkpoint.display()
+            weights.display()
         );
         Ok(progress)
     }
 
-    fn checkpoint(&self, config: &TrainConfig, progress: &Progress) -> Result<()> {
-        // Write then rename, so a crash never leaves a half checkpoint that resumption would trust.
-        let tmp = config.checkpoint_dir.join("checkpoint.pt.tmp");
-        self.module.save(&tmp)?;
-        std::fs::rename(&tmp, config.checkpoint_dir.join("checkpoint.pt"))?;
-        let tmp = config.checkpoint_dir.join("progress.json.tmp");
+    fn checkpoint(
+        &self,
+        config: &TrainConfig,
+        optimizer: &AdamW,
+        progress: &Progress,
+    ) -> Result<()> {
+        let dir = &config.checkpoint_dir;
+        let (weights, optimizer_state) = checkpoint_files(dir, progress.epochs_done);
+        self.module.save(&weights)?;
+        optimizer.save(&optimizer_state)?;
+        // Write then rename: a crash leaves the previous progress file, which names the previous complete pair.
+        let tmp = dir.join("progress.json.tmp");
         std::fs::write(&tmp, serde_json::to_string_pretty(progress)?)?;
-        std::fs::rename(&tmp, config.checkpoint_dir.join("progress.json"))?;
+        std::fs::rename(&tmp, dir.join(PROGRESS_FILE))?;
+        if let Some(previous) = progress.epochs_done.checked_sub(1) {
+            let (weights, optimizer_state) = checkpoint_files(dir, previous);
+            let _ = std::fs::remove_file(weights);
+            let _ = std::fs::remove_file(optimizer_state);
+        }
         Ok(())
     }
 

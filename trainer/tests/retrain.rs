@@ -269,6 +269,22 @@ fn a_killed_run_resumes_from_its_checkpoint_and_a_refused_model_is_not_published
     );
     assert_eq!((report.epochs, report.losses.len()), (2, 2));
 
+    // Weights, optimizer moments and the sampler's position all come back: the resumed soup scores exactly what an
+    // uninterrupted run of the same configuration does.
+    let fresh = tempfile::tempdir().unwrap();
+    let uninterrupted = retrain(
+        &RetrainConfig {
+            train: config.train.clone(),
+            gate: config.gate,
+            soup_members: 2,
+            ..tiny_config(&camvid, fresh.path())
+        },
+        |_, _| {},
+    )
+    .expect("the uninterrupted run");
+    assert_eq!(uninterrupted.losses, report.losses);
+    assert_eq!(uninterrupted.decision.candidate, report.decision.candidate);
+
     assert!(!report.decision.publish);
     assert!(report.published.is_none());
     assert!(
