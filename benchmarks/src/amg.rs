@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use models::SessionConfig;
 use models::evaluation::median;
 use models::metrics::ConfusionMatrix;
 use models::paths::{camvid_dir, models_dir};
 use models::sam::{GeneratorConfig, PromptMode, SamModel};
+use models::{SemanticHead, SessionConfig};
 use sam_core::{ConfidentVoteParams, FusionRule, fuse, fuse_oracle};
 use serde::Deserialize;
 
@@ -48,6 +48,10 @@ pub struct Args {
     edge_model: Option<PathBuf>,
     #[arg(long, default_value_os_t = models_dir().join("mobilesam"))]
     sam_model: PathBuf,
+    /// Fuse the edge's scores times this semantic head's (each raised to the head's fitted exponent), as
+    /// cloud-infer does, instead of the edge's scores alone. Prompts are still guided by the edge's scores.
+    #[arg(long)]
+    semantic_head: Option<PathBuf>,
     #[arg(long, value_delimiter = ',', default_values = ["grid", "adaptive", "guided"])]
     modes: Vec<Mode>,
     /// Grid density of every mode (the budgeted modes walk the same grid).
@@ -146,6 +150,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         SessionConfig::default().intra_threads,
     )?;
     let sam = SamModel::load(&args.sam_model, SessionConfig::default())?;
+    let head = args
+        .semantic_head
+        .as_deref()
+        .map(SemanticHead::load)
+        .transpose()?;
     let classes = edge.classes().len();
     let mut rules = vec![FusionRule::SsaVote, FusionRule::LogitSum];
     for &min_purity in &args.min_purity {
@@ -198,6 +207,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         edge_matrix.add(truth.as_raw(), &edge_output.labels);
         let scores = edge_output.class_scores().resized_nearest(width, height);
         let embedding = sam.embed(&image)?;
+        let evidence = match &head {
+            Some(head) => scores
+                .product(&head.class_scores(&embedding)?, head.evidence_exponents())
+                .context("the semantic head and the edge model have different classes")?,
+            None => scores.clone(),
+        };
         for (&variant, s) in stats.iter_mut() {
             let max_prompts = variant.budget.unwrap_or(0);
             let config = GeneratorConfig {
@@ -225,7 +240,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             s.calls.push(generated.decoder_calls);
             for (rule, (matrix, times)) in rules.iter().zip(&mut s.rules) {
                 let start = Instant::now();
-                let fused = fuse(rule, &generated.masks, &scores);
+                let fused = fuse(rule, &generated.masks, &evidence);
                 times.push(start.elapsed().as_secs_f64());
                 matrix.add(truth.as_raw(), &fused);
             }
@@ -264,7 +279,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         &rules,
         &edge_matrix,
         samples.len(),
-        &edge,
+        &describe_models(&edge, head.as_ref()),
         pytorch,
     );
     let body = format!(
@@ -273,11 +288,32 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     println!("{body}");
     if !args.no_readme {
-        let section = format!("amg-{}", args.basemodel);
+        let section = match args.semantic_head {
+            Some(_) => format!("amg-{}-head", args.basemodel),
+            None => format!("amg-{}", args.basemodel),
+        };
         replace_readme_section(&args.readme, &section, &body)?;
         eprintln!("wrote the {section} section of {}", args.readme.display());
     }
     Ok(())
+}
+
+/// The edge model, and whose class scores vote the masks.
+fn describe_models(edge: &Segmenter, head: Option<&SemanticHead>) -> String {
+    let (name, version) = edge.identity();
+    match head {
+        Some(head) => {
+            let exponents = head.evidence_exponents();
+            format!(
+                "edge model {name} {version} (masks voted by its scores^{} times semantic head {} {}'s^{})",
+                exponents.first,
+                head.manifest().name,
+                head.manifest().version,
+                exponents.second
+            )
+        }
+        None => format!("edge model {name} {version}"),
+    }
 }
 
 fn rule_label(rule: &FusionRule) -> String {
@@ -311,22 +347,20 @@ fn render(
     rules: &[FusionRule],
     edge_matrix: &ConfusionMatrix,
     frames: usize,
-    edge: &Segmenter,
+    models: &str,
     pytorch: Option<f64>,
 ) -> String {
     let edge_miou = edge_matrix.scores().miou;
     let command: Vec<String> = std::env::args().skip(1).collect();
     let mut out = format!(
         "Command (from the repository root): `cargo run --release -p benchmarks -- {}`\n\n\
-         {frames} frames of `{}`, edge model {} {}, {}x{} grid, adaptive/guided budgets as named (batches of {}), \
+         {frames} frames of `{}`, {models}, {}x{} grid, adaptive/guided budgets as named (batches of {}), \
          guided min uncertainty {}, SAM thresholds at their defaults. Seconds are means per frame; total = encoder + \
          decoder + post-processing + fusion (median in brackets). Edge-only mIoU **{edge_miou:.3}**.\n\n\
          | prompting | rule | mIoU | gain vs edge | share of grid gain | masks/frame | prompts/frame | decoder calls/frame | encoder s | decoder s | post s | fusion ms | total s |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         command.join(" "),
         args.index.display(),
-        edge.identity().0,
-        edge.identity().1,
         args.points_per_side,
         args.points_per_side,
         args.batch_size,
