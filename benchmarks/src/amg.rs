@@ -207,11 +207,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         edge_matrix.add(truth.as_raw(), &edge_output.labels);
         let scores = edge_output.class_scores().resized_nearest(width, height);
         let embedding = sam.embed(&image)?;
+        let combined;
         let evidence = match &head {
-            Some(head) => scores
-                .product(&head.class_scores(&embedding)?, head.evidence_exponents())
-                .context("the semantic head and the edge model have different classes")?,
-            None => scores.clone(),
+            Some(head) => {
+                combined = scores
+                    .product(&head.class_scores(&embedding)?, head.evidence_exponents())
+                    .context("the semantic head and the edge model have different classes")?;
+                &combined
+            }
+            None => &scores,
         };
         for (&variant, s) in stats.iter_mut() {
             let max_prompts = variant.budget.unwrap_or(0);
@@ -240,7 +244,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             s.calls.push(generated.decoder_calls);
             for (rule, (matrix, times)) in rules.iter().zip(&mut s.rules) {
                 let start = Instant::now();
-                let fused = fuse(rule, &generated.masks, &evidence);
+                let fused = fuse(rule, &generated.masks, evidence);
                 times.push(start.elapsed().as_secs_f64());
                 matrix.add(truth.as_raw(), &fused);
             }
