@@ -124,7 +124,7 @@ pub fn run(args: &Args) -> Result<()> {
     // Latency: the paths interleaved frame by frame, so a change in machine load hits all of them alike, and each
     // one after the same idle gap, as frames from a camera arrive. Without the gap a path would start while the
     // previous one's ONNX Runtime threads still spin, and lose cores to them.
-    model.logits(&tensors[0])?;
+    model.run(&tensors[0])?;
     client.post(&url, &bodies[0])?;
     let idle = || std::thread::sleep(Duration::from_millis(args.idle_ms));
     let mut samples = Samples::default();
@@ -132,7 +132,7 @@ pub fn run(args: &Args) -> Result<()> {
         for ((png, body), tensor) in pngs.iter().zip(&bodies).zip(&tensors) {
             idle();
             let start = Instant::now();
-            model.logits(tensor)?;
+            model.run(tensor)?;
             samples.raw_model.push(ms(start.elapsed()));
             idle();
             let start = Instant::now();
@@ -389,7 +389,7 @@ fn throughput_raw(
     let start = Instant::now();
     let mut done = 0usize;
     while start.elapsed() < Duration::from_secs(seconds) {
-        model.logits(&tensors[done % tensors.len()])?;
+        model.run(&tensors[done % tensors.len()])?;
         done += 1;
     }
     Ok(done as f64 / start.elapsed().as_secs_f64())

@@ -6,11 +6,9 @@ use std::time::Instant;
 
 use image::RgbImage;
 use ort::session::Session;
-use ort::value::TensorRef;
+use ort::value::{DynValue, TensorRef};
 
-use crate::image_ops::{
-    argmax_channels, resize_labels, softmax_channels, subsample_channels, to_input_tensor,
-};
+use crate::image_ops::{labels_and_subsampled_softmax, resize_labels, to_input_tensor};
 use crate::manifest::{LoadedManifest, Manifest, ManifestError};
 use crate::runtime::{RuntimeError, SessionConfig, build_session};
 
@@ -96,8 +94,9 @@ impl EdgeModel {
         self.manifest.classes.len()
     }
 
-    /// Raw logits for an already preprocessed NCHW tensor: the model alone, for benchmarks and parity tests.
-    pub fn logits(&self, input: &ndarray::Array4<f32>) -> Result<Vec<f32>, EdgeModelError> {
+    /// Runs the model on an already preprocessed NCHW tensor. The logits stay in ONNX Runtime's memory: a copy of a
+    /// 480x360 frame's 7.6 MB would cost more than the argmax over them.
+    pub fn run(&self, input: &ndarray::Array4<f32>) -> Result<Logits, EdgeModelError> {
         let mut session = self
             .session
             .lock()
@@ -107,20 +106,24 @@ impl EdgeModel {
         let outputs = session
             .run(ort::inputs![tensor])
             .map_err(|e| RuntimeError::Run(e.to_string()))?;
-        let (shape, data) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| RuntimeError::Run(e.to_string()))?;
+        let (_, value) = outputs
+            .into_iter()
+            .next()
+            .ok_or_else(|| RuntimeError::Run("the model has no output".into()))?;
         let (_, _, height, width) = input.dim();
-        let expected = [1, self.num_classes() as i64, height as i64, width as i64];
-        if shape.as_ref() != expected {
-            return Err(EdgeModelError::OutputShape {
-                shape: shape.to_vec(),
-                classes: self.num_classes(),
-                height: height as u32,
-                width: width as u32,
-            });
-        }
-        Ok(data.to_vec())
+        let logits = Logits {
+            value,
+            classes: self.num_classes(),
+            height: height as u32,
+            width: width as u32,
+        };
+        logits.values()?;
+        Ok(logits)
+    }
+
+    /// Raw logits for an already preprocessed NCHW tensor, copied out: for parity tests.
+    pub fn logits(&self, input: &ndarray::Array4<f32>) -> Result<Vec<f32>, EdgeModelError> {
+        Ok(self.run(input)?.values()?.to_vec())
     }
 
     /// Segments one RGB frame.
@@ -129,31 +132,30 @@ impl EdgeModel {
         let spec = &self.manifest.input;
         let (input, _) = to_input_tensor(image, spec);
         let preprocessed = Instant::now();
-        let logits = self.logits(&input)?;
+        let logits = self.run(&input)?;
         let inferred = Instant::now();
         let classes = self.num_classes();
         // Labels from the full-resolution logits (same argmax, and exact whatever the softmax's rounding).
-        let model_labels = argmax_channels(&logits, classes);
-        let (mut probabilities, score_height, score_width) = subsample_channels(
-            &logits,
+        let scores = labels_and_subsampled_softmax(
+            logits.values()?,
             classes,
             spec.height as usize,
             spec.width as usize,
             SCORE_STEP,
         );
-        softmax_channels(&mut probabilities, classes);
+        drop(logits);
         let (width, height) = image.dimensions();
         let labels = if (width, height) == (spec.width, spec.height) {
-            model_labels
+            scores.labels
         } else {
-            resize_labels(&model_labels, spec.width, spec.height, width, height)
+            resize_labels(&scores.labels, spec.width, spec.height, width, height)
         };
         let done = Instant::now();
         Ok(EdgeOutput {
-            probabilities,
+            probabilities: scores.probabilities,
             classes,
-            score_height: score_height as u32,
-            score_width: score_width as u32,
+            score_height: scores.score_height as u32,
+            score_width: scores.score_width as u32,
             labels,
             width,
             height,
@@ -161,6 +163,39 @@ impl EdgeModel {
             inference_ms: ms(inferred - preprocessed),
             postprocess_ms: ms(done - inferred),
         })
+    }
+}
+
+/// The edge model's output for one frame, `[1, classes, height, width]`, in ONNX Runtime's memory.
+pub struct Logits {
+    value: DynValue,
+    classes: usize,
+    height: u32,
+    width: u32,
+}
+
+impl Logits {
+    /// The logits, CHW; checked once by [`EdgeModel::run`], so later calls cannot fail.
+    pub fn values(&self) -> Result<&[f32], EdgeModelError> {
+        let (shape, data) = self
+            .value
+            .try_extract_tensor::<f32>()
+            .map_err(|e| RuntimeError::Run(e.to_string()))?;
+        let expected = [
+            1,
+            self.classes as i64,
+            i64::from(self.height),
+            i64::from(self.width),
+        ];
+        if shape.as_ref() != expected {
+            return Err(EdgeModelError::OutputShape {
+                shape: shape.to_vec(),
+                classes: self.classes,
+                height: self.height,
+                width: self.width,
+            });
+        }
+        Ok(data)
     }
 }
 

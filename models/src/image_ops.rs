@@ -166,7 +166,8 @@ pub fn exp_non_positive(x: f32) -> f32 {
     const LN2_HIGH: f32 = 0.693_359_4;
     const LN2_LOW: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 0.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUNDER) - ROUNDER;
+    let biased = x * std::f32::consts::LOG2_E + ROUNDER;
+    let n = biased - ROUNDER;
     let r = x - n * LN2_HIGH - n * LN2_LOW;
     let poly = 1.0
         + r * (1.0
@@ -174,29 +175,96 @@ pub fn exp_non_positive(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    // n is in [-126, 0], so 2^n is a normal float built from its exponent bits.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // n is in [-126, 0], so 2^n is a normal float built from its exponent bits. n as an integer is read from the
+    // low mantissa bits of `biased` (a float-to-int cast would keep the loop from vectorising).
+    let n_bits = biased.to_bits().wrapping_sub(ROUNDER.to_bits()) as i32;
+    let scale = f32::from_bits(((n_bits + 127) as u32) << 23);
     poly * scale
 }
 
-/// Every `step`-th row and column of each plane of a CHW map of `height` x `width` pixels, starting at the first;
-/// returns the smaller map and its height and width (rounded up).
-pub fn subsample_channels(
-    scores: &[f32],
+/// A CHW score map's per-pixel argmax at full resolution, and the softmax of its scores at every `step`-th row and
+/// column (starting at the first), as an edge model's raw output is turned into an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelsAndScores {
+    pub labels: Vec<u8>,
+    /// CHW, `score_height` x `score_width` per class.
+    pub probabilities: Vec<f32>,
+    pub score_height: usize,
+    pub score_width: usize,
+}
+
+/// Computes [`LabelsAndScores`] from `logits` (`classes` planes of `height` x `width`) in one pass, row by row: the
+/// row's planes stay in the L1 cache while both are computed, where separate passes would each stream the whole map
+/// (7.6 MB for 480x360x11) from memory. Equal to [`argmax_channels`] on the whole map and [`softmax_channels`] on
+/// its subsampled copy, bit for bit.
+pub fn labels_and_subsampled_softmax(
+    logits: &[f32],
     classes: usize,
     height: usize,
     width: usize,
     step: usize,
-) -> (Vec<f32>, usize, usize) {
+) -> LabelsAndScores {
     let step = step.max(1);
-    let (out_height, out_width) = (height.div_ceil(step), width.div_ceil(step));
-    let mut out = Vec::with_capacity(classes * out_height * out_width);
-    for plane in scores.chunks_exact(height * width).take(classes) {
-        for row in plane.chunks_exact(width).step_by(step) {
-            out.extend(row.iter().step_by(step));
+    let plane = height * width;
+    let (score_height, score_width) = (height.div_ceil(step), width.div_ceil(step));
+    let score_plane = score_height * score_width;
+    let mut labels = vec![0u8; plane];
+    let mut probabilities = vec![0.0f32; classes * score_plane];
+    let mut best = vec![0.0f32; width];
+    let mut best_class = vec![0u32; width];
+    let mut max = vec![0.0f32; score_width];
+    let mut sum = vec![0.0f32; score_width];
+    for (y, labels_row) in labels.chunks_exact_mut(width).enumerate() {
+        let row = |class: usize| &logits[class * plane + y * width..][..width];
+        best.copy_from_slice(row(0));
+        best_class.fill(0);
+        for class in 1..classes {
+            // Branch-free and all 32-bit lanes, so the loop vectorises.
+            for ((index, best), &score) in best_class.iter_mut().zip(&mut best).zip(row(class)) {
+                let higher = score > *best;
+                *best = if higher { score } else { *best };
+                *index = if higher { class as u32 } else { *index };
+            }
+        }
+        for (label, &index) in labels_row.iter_mut().zip(&best_class) {
+            *label = index as u8;
+        }
+        if y % step != 0 {
+            continue;
+        }
+        // The row's maximum over classes, which the softmax subtracts, is `best`. The kept columns are gathered
+        // first, so the exponentials run over contiguous slices and vectorise.
+        let score_row = (y / step) * score_width;
+        for (max, &best) in max.iter_mut().zip(best.iter().step_by(step)) {
+            *max = best;
+        }
+        sum.fill(0.0);
+        for class in 0..classes {
+            let out = &mut probabilities[class * score_plane + score_row..][..score_width];
+            for (p, &score) in out.iter_mut().zip(row(class).iter().step_by(step)) {
+                *p = score;
+            }
+            for ((p, &max), total) in out.iter_mut().zip(&max).zip(&mut sum) {
+                *p = exp_non_positive(*p - max);
+                *total += *p;
+            }
+        }
+        for total in &mut sum {
+            *total = 1.0 / *total;
+        }
+        for class in 0..classes {
+            let out = &mut probabilities[class * score_plane + score_row..][..score_width];
+            for (p, &inv) in out.iter_mut().zip(&sum) {
+                *p *= inv;
+            }
         }
     }
-    (out, out_height, out_width)
+    LabelsAndScores {
+        labels,
+        probabilities,
+        score_height,
+        score_width,
+    }
 }
 
 /// Per-pixel argmax over the class axis of a CHW score map.
@@ -329,16 +397,35 @@ mod tests {
     }
 
     #[test]
-    fn subsampling_keeps_every_step_th_row_and_column_of_each_plane() {
-        // 2 classes, 3x5 pixels, values numbered so each picked position is visible.
-        let scores: Vec<f32> = (0..30).map(|v| v as f32).collect();
-        let (sub, height, width) = subsample_channels(&scores, 2, 3, 5, 2);
-        assert_eq!((height, width), (2, 3));
-        assert_eq!(
-            sub,
-            [0., 2., 4., 10., 12., 14., 15., 17., 19., 25., 27., 29.]
-        );
-        assert_eq!(subsample_channels(&scores, 2, 3, 5, 1).0, scores);
+    fn fused_labels_and_scores_equal_the_separate_passes() {
+        // 11 classes on 7x9 pixels (odd sizes: the last row and column are kept), with ties and a wide range.
+        let (classes, height, width) = (11, 7, 9);
+        let logits: Vec<f32> = (0..classes * height * width)
+            .map(|i| ((i * 7919 % 61) as f32 - 30.0) * 0.75)
+            .collect();
+        for step in [1, 2, 3] {
+            let fused = labels_and_subsampled_softmax(&logits, classes, height, width, step);
+            assert_eq!(
+                fused.labels,
+                argmax_channels(&logits, classes),
+                "step {step}"
+            );
+            let mut subsampled: Vec<f32> = logits
+                .chunks_exact(height * width)
+                .flat_map(|plane| {
+                    plane
+                        .chunks_exact(width)
+                        .step_by(step)
+                        .flat_map(|row| row.iter().step_by(step).copied())
+                })
+                .collect();
+            softmax_channels(&mut subsampled, classes);
+            assert_eq!(fused.probabilities, subsampled, "step {step}");
+            assert_eq!(
+                (fused.score_height, fused.score_width),
+                (height.div_ceil(step), width.div_ceil(step))
+            );
+        }
     }
 
     #[test]
