@@ -5,6 +5,11 @@
 //! the map is processed in runs of [`CHUNK`] consecutive pixels: each class plane's run is
 //! folded into small stack arrays (top-1, top-2, class weight), which the compiler
 //! vectorises, and the finished run is handed to the scorer's accumulator.
+//!
+//! The passes are compiled for AVX-512 and AVX2 too and pick the widest the CPU has at run time (`multiversion`):
+//! the same operations in the same order per lane, so every version gives the same result bit for bit.
+
+use multiversion::multiversion;
 
 /// Pixels per run: large enough to vectorise well, small enough to stay in L1 cache.
 const CHUNK: usize = 256;
@@ -28,6 +33,7 @@ pub(crate) enum Needs<'w> {
 
 /// Visits every pixel of a validated CHW map once, in runs of up to [`CHUNK`] pixels.
 /// `probs.len()` must be a multiple of `pixels` (guaranteed by [`crate::Dims::validate`]).
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma"))]
 pub(crate) fn scan_pixels(
     probs: &[f32],
     pixels: usize,
@@ -62,18 +68,21 @@ pub(crate) fn scan_pixels(
 // Plain comparisons rather than `f32::max`/`min`: those must ignore NaN, which costs
 // several extra vector instructions per element; a NaN probability is garbage either way.
 
+#[inline(always)]
 fn fold_top1(top1: &mut [f32], run: &[f32]) {
     for (first, &p) in top1.iter_mut().zip(run) {
         *first = if p > *first { p } else { *first };
     }
 }
 
+#[inline(always)]
 fn fold_top_two(top1: &mut [f32], top2: &mut [f32], run: &[f32]) {
     for ((first, second), &p) in top1.iter_mut().zip(top2.iter_mut()).zip(run) {
         update_top_two(first, second, p);
     }
 }
 
+#[inline(always)]
 fn fold_top_two_and_weight(
     top1: &mut [f32],
     top2: &mut [f32],
@@ -106,6 +115,7 @@ pub(crate) const LOG2_MAX_ERROR: f32 = 1.1e-4;
 
 /// Sum of `p * log2(p)` over all values, with `0 * log2(0)` taken as 0: the negated total
 /// entropy in bits. A single flat pass, because entropy needs no per-pixel structure.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma"))]
 pub(crate) fn sum_p_log2_p(probs: &[f32]) -> f64 {
     // Independent lanes break the floating-point add dependency chain so the loop
     // vectorises; each block is flushed to f64 to keep the long sum accurate.
