@@ -6,7 +6,8 @@
 //!   with `collaborate=never`.
 //!
 //! Latency alternates the three paths frame by frame (one at a time, so they never steal each other's cores, and
-//! load changes hit all alike); throughput runs each path alone, the service with several concurrent clients.
+//! load changes hit all alike); throughput runs each path alone, the service with several concurrent clients, in
+//! short windows that take turns for the same reason.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -48,9 +49,13 @@ pub struct Args {
     /// Concurrent clients in the throughput phase.
     #[arg(long, default_value_t = 4)]
     clients: usize,
-    /// Seconds each throughput phase runs.
+    /// Seconds each path's throughput is measured for in all.
     #[arg(long, default_value_t = 15)]
     seconds: u64,
+    /// Windows those seconds are cut into; the paths take turns window by window, so a change in the machine's load
+    /// (a shared VM's neighbours) hits all of them alike.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    windows: u32,
     /// The edge-infer binary to start.
     #[arg(long, default_value = "target/release/edge-infer")]
     edge_binary: PathBuf,
@@ -150,11 +155,29 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
 
-    // Throughput: each path alone for the same time (the idle side's threads sleep meanwhile).
-    let raw_throughput = throughput_raw(&model, &tensors, args.seconds)?;
-    let pipeline_throughput = throughput_pipeline(&model, &pngs, args.seconds)?;
-    let service_throughput = throughput_http(&url, &bodies, args.clients, args.seconds)?;
+    // Throughput: each path alone (the idle side's threads sleep meanwhile), window by window in turns whose order
+    // flips each time, so no path always runs right after the same other one.
+    let window = Duration::from_secs(args.seconds) / args.windows;
+    let mut throughput = [Throughput::default(); 3];
+    for turn in 0..args.windows {
+        let mut order = [0, 1, 2];
+        if turn % 2 == 1 {
+            order.reverse();
+        }
+        for path in order {
+            let start = Instant::now();
+            let frames = match path {
+                0 => throughput_raw(&model, &tensors, window)?,
+                1 => throughput_pipeline(&model, &pngs, window)?,
+                _ => throughput_http(&url, &bodies, args.clients, window)?,
+            };
+            throughput[path].frames += frames;
+            throughput[path].elapsed += start.elapsed();
+        }
+    }
     drop(server);
+    let [raw_throughput, pipeline_throughput, service_throughput] =
+        throughput.map(|t| t.frames as f64 / t.elapsed.as_secs_f64());
 
     let table = render(
         args,
@@ -166,6 +189,13 @@ pub fn run(args: &Args) -> Result<()> {
     println!("{table}");
     report::replace_readme_section(&args.readme, "edge-overhead", &table)?;
     Ok(())
+}
+
+/// Frames one throughput path finished, and the time its windows took.
+#[derive(Default, Clone, Copy)]
+struct Throughput {
+    frames: usize,
+    elapsed: Duration,
 }
 
 /// Milliseconds per request of each path, and of each stage the service reports.
@@ -255,8 +285,9 @@ fn render(
     };
     let mut out = format!(
         "Command: `cargo run --release -p benchmarks -- edge-overhead --frames {} --rounds {} --threads {} \
-         --ort-spinning {} --idle-ms {} --clients {} --seconds {}` (edge model {}, 480x360 CamVid day-val PNGs; the \
-         raw paths and the service alternate frame by frame, each after {} ms idle; {}).\n\n\
+         --ort-spinning {} --idle-ms {} --clients {} --seconds {} --windows {}` (edge model {}, 480x360 CamVid day-val \
+         PNGs; the raw paths and the service alternate frame by frame, each after {} ms idle, and take turns in the \
+         throughput windows; {}).\n\n\
          | path | median ms | p95 ms | vs raw model |\n|---|---|---|---|\n",
         args.frames,
         args.rounds,
@@ -265,6 +296,7 @@ fn render(
         args.idle_ms,
         args.clients,
         args.seconds,
+        args.windows,
         args.model.display(),
         args.idle_ms,
         report::cpu_load_note(),
@@ -381,31 +413,34 @@ impl LoopbackClient {
     }
 }
 
+/// Frames the raw model finishes back to back within `window`.
 fn throughput_raw(
     model: &EdgeModel,
     tensors: &[ndarray::Array4<f32>],
-    seconds: u64,
-) -> Result<f64> {
+    window: Duration,
+) -> Result<usize> {
     let start = Instant::now();
     let mut done = 0usize;
-    while start.elapsed() < Duration::from_secs(seconds) {
+    while start.elapsed() < window {
         model.run(&tensors[done % tensors.len()])?;
         done += 1;
     }
-    Ok(done as f64 / start.elapsed().as_secs_f64())
+    Ok(done)
 }
 
-fn throughput_pipeline(model: &EdgeModel, pngs: &[Vec<u8>], seconds: u64) -> Result<f64> {
+/// Frames the in-process pipeline finishes back to back within `window`.
+fn throughput_pipeline(model: &EdgeModel, pngs: &[Vec<u8>], window: Duration) -> Result<usize> {
     let start = Instant::now();
     let mut done = 0usize;
-    while start.elapsed() < Duration::from_secs(seconds) {
+    while start.elapsed() < window {
         model.segment(&decode_rgb(&pngs[done % pngs.len()], u64::MAX)?)?;
         done += 1;
     }
-    Ok(done as f64 / start.elapsed().as_secs_f64())
+    Ok(done)
 }
 
-fn throughput_http(url: &str, bodies: &[Bytes], clients: usize, seconds: u64) -> Result<f64> {
+/// Frames the service answers within `window` to `clients` clients posting back to back.
+fn throughput_http(url: &str, bodies: &[Bytes], clients: usize, window: Duration) -> Result<usize> {
     let done = AtomicUsize::new(0);
     let start = Instant::now();
     std::thread::scope(|scope| -> Result<()> {
@@ -415,7 +450,7 @@ fn throughput_http(url: &str, bodies: &[Bytes], clients: usize, seconds: u64) ->
                 scope.spawn(move || -> Result<()> {
                     let client = LoopbackClient::new()?;
                     let mut i = c;
-                    while start.elapsed() < Duration::from_secs(seconds) {
+                    while start.elapsed() < window {
                         client.post(url, &bodies[i % bodies.len()])?;
                         done.fetch_add(1, Ordering::Relaxed);
                         i += 1;
@@ -432,5 +467,5 @@ fn throughput_http(url: &str, bodies: &[Bytes], clients: usize, seconds: u64) ->
         }
         Ok(())
     })?;
-    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    Ok(done.load(Ordering::Relaxed))
 }

@@ -31,6 +31,7 @@ COPY --from=builder /out/cloud-infer /usr/local/bin/cloud-infer
 COPY models/mobilesam/ /opt/cloud-infer/models/mobilesam/
 COPY models/cloud-head/ /opt/cloud-infer/models/cloud-head/
 ENV ORT_DYLIB_PATH=/opt/onnxruntime/lib/libonnxruntime.so.1.31.1 \
+    ORT_DISABLE_TELEMETRY=1 \
     MODELS_DIR=/opt/cloud-infer/models \
     CLOUD_INFER_SAM_DIR=/opt/cloud-infer/models/mobilesam \
     CLOUD_INFER_SEMANTIC_HEAD=/opt/cloud-infer/models/cloud-head \

@@ -31,6 +31,7 @@ COPY --from=onnxruntime /opt/onnxruntime/lib/ /opt/onnxruntime/lib/
 COPY --from=builder /out/edge-infer /usr/local/bin/edge-infer
 COPY models/edge/current/ /opt/edge-infer/models/edge/current/
 ENV ORT_DYLIB_PATH=/opt/onnxruntime/lib/libonnxruntime.so.1.31.1 \
+    ORT_DISABLE_TELEMETRY=1 \
     MODELS_DIR=/opt/edge-infer/models \
     EDGE_MODEL_DIR=/opt/edge-infer/models/edge/current \
     EDGE_LISTEN=0.0.0.0:8080

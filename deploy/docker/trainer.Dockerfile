@@ -43,6 +43,7 @@ COPY --from=builder /out/trainer /out/cloud-infer /usr/local/bin/
 # The seed model the registry starts from when it is empty.
 COPY models/edge/current/ /opt/trainer/models/edge/current/
 ENV ORT_DYLIB_PATH=/opt/onnxruntime/lib/libonnxruntime.so.1.31.1 \
+    ORT_DISABLE_TELEMETRY=1 \
     LIBTORCH=/opt/pylibs/torch \
     MODELS_DIR=/opt/trainer/models \
     RETRAIN_SEED_MODEL=/opt/trainer/models/edge/current

@@ -9,6 +9,11 @@ use ort::session::builder::GraphOptimizationLevel;
 /// The library is loaded at run time (`load-dynamic`): the set-up installs it from PyPI's `onnxruntime` wheel.
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 
+/// ONNX Runtime (1.29 and later) starts a telemetry uploader on Linux unless this is set when the library loads:
+/// it writes a device id and an event store under `~/.cache/Microsoft`, a `.ses` file in the temporary directory,
+/// and looks up Microsoft's collector every half minute. `with_telemetry(false)` only stops events once it runs.
+pub const ORT_TELEMETRY_ENV: &str = "ORT_DISABLE_TELEMETRY";
+
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
 /// Threads ONNX Runtime may use for one session. On a 2-core robot the defaults are chosen on purpose.
@@ -43,9 +48,15 @@ pub enum RuntimeError {
     Run(String),
 }
 
-/// Loads the ONNX Runtime library once per process. Safe to call from many threads and many times.
+/// Loads the ONNX Runtime library once per process, with its telemetry off unless `ORT_DISABLE_TELEMETRY` says
+/// otherwise. Safe to call from many threads and many times.
 pub fn init_runtime() -> Result<&'static ort::environment::Environment, RuntimeError> {
     let result = ENVIRONMENT.get_or_init(|| {
+        if std::env::var_os(ORT_TELEMETRY_ENV).is_none() {
+            // SAFETY: this runs once, before the library is loaded, at start-up while models load; nothing in the
+            // services reads or writes the environment concurrently (configuration was parsed before).
+            unsafe { std::env::set_var(ORT_TELEMETRY_ENV, "1") };
+        }
         let path = dylib_path()?;
         ort::init_from(&path)
             .map_err(|e| format!("loading {}: {e}", path.display()))?
@@ -90,6 +101,10 @@ pub fn build_session(path: &Path, config: SessionConfig) -> Result<Session, Runt
         .with_inter_threads(config.inter_threads)
         .map_err(|e| session_err(e.to_string()))?
         .with_intra_op_spinning(config.spinning)
+        .map_err(|e| session_err(e.to_string()))?
+        // Spin inside a run only: parked as soon as `run` returns, the workers leave both cores to the
+        // post-processing, the HTTP answer and whatever else shares the robot.
+        .with_config_entry("session.force_spinning_stop", "1")
         .map_err(|e| session_err(e.to_string()))?
         .commit_from_file(path)
         .map_err(|e| session_err(e.to_string()))
