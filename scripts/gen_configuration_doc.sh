@@ -34,6 +34,7 @@ Deployment: [deployment.md](deployment.md). Security: [security.md](security.md)
 | variable | read by | meaning |
 |---|---|---|
 | `ORT_DYLIB_PATH` | all three | path of `libonnxruntime.so.1.31.1` (`ort` loads it at run time); `scripts/env.sh` points it into `.venv`, the images set `/opt/onnxruntime/lib/...` |
+| `ORT_DISABLE_TELEMETRY` | ONNX Runtime, in all three | unset: the binaries set it to `1` before loading ONNX Runtime, whose Linux build otherwise starts Microsoft's telemetry uploader (device id and event store under `~/.cache/Microsoft`, `.ses` in the temporary directory, collector look-ups); `0` lets it run |
 | `LIBTORCH`, `LIBTORCH_BYPASS_VERSION_CHECK` | building `trainer` | libtorch location (the PyPI torch wheel's `torch/`); the trainer binary gets an rpath to `$LIBTORCH/lib` |
 | `MODELS_DIR` | all three | the project's model files (default: `models/` of the workspace the binary was built from) |
 | `EDGE_MODEL_DIR` | edge-infer (default of `--model-dir`), tests, benchmarks | the edge model directory |
