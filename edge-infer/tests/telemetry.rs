@@ -5,9 +5,8 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{http_client, model_dir_or_skip};
+use common::{http_client, model_dir_or_skip, wait_ready};
 
 struct KillOnDrop(Child);
 
@@ -72,20 +71,7 @@ async fn onnx_runtime_telemetry_stays_off() {
             .spawn()
             .expect("edge-infer starts"),
     );
-    let client = http_client();
-    let start = Instant::now();
-    loop {
-        if let Ok(response) = client.get(format!("http://{listen}/ready")).send().await
-            && response.status().is_success()
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "edge-infer not ready after 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&http_client(), &format!("http://{listen}")).await;
     // The model is loaded, so ONNX Runtime is too; its uploader writes as it starts.
     assert_eq!(files_under(sandbox.path()), Vec::<String>::new());
 }

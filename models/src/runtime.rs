@@ -54,7 +54,9 @@ pub fn init_runtime() -> Result<&'static ort::environment::Environment, RuntimeE
     let result = ENVIRONMENT.get_or_init(|| {
         if std::env::var_os(ORT_TELEMETRY_ENV).is_none() {
             // SAFETY: this runs once, before the library is loaded, at start-up while models load; nothing in the
-            // services reads or writes the environment concurrently (configuration was parsed before).
+            // services reads or writes the environment concurrently (configuration was parsed before). Test
+            // binaries, whose other tests may read it meanwhile, run with the variable set (`scripts/env.sh`), so
+            // this does not run there.
             unsafe { std::env::set_var(ORT_TELEMETRY_ENV, "1") };
         }
         let path = dylib_path()?;

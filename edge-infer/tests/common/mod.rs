@@ -50,6 +50,20 @@ pub fn http_client() -> reqwest::Client {
         .expect("client builds")
 }
 
+/// Polls `<base_url>/ready` until it answers 200, for at most two minutes.
+pub async fn wait_ready(client: &reqwest::Client, base_url: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(120) {
+        if let Ok(response) = client.get(format!("{base_url}/ready")).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("server at {base_url} not ready after 120 s");
+}
+
 pub struct TestServer {
     pub url: String,
     pub client: reqwest::Client,
@@ -84,21 +98,8 @@ impl TestServer {
             shutdown: Some(shutdown),
             task: Some(task),
         };
-        server.wait_ready().await;
+        wait_ready(&server.client, &server.url).await;
         server
-    }
-
-    async fn wait_ready(&self) {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(120) {
-            if let Ok(response) = self.client.get(self.url("/ready")).send().await
-                && response.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("server at {} not ready after 120 s", self.url);
     }
 
     pub fn url(&self, path: &str) -> String {
