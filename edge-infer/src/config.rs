@@ -61,8 +61,8 @@ pub struct ServeArgs {
     /// ONNX Runtime threads per inference.
     #[arg(long, env = "EDGE_INTRA_THREADS", default_value_t = 2)]
     pub intra_threads: usize,
-    /// Let idle ONNX Runtime threads busy-wait between operators (faster model runs, but a core stays busy after
-    /// each run, slowing the answer's encoding and HTTP on a 2-core robot).
+    /// Let idle ONNX Runtime threads busy-wait between operators within a run (faster model runs; they stop
+    /// spinning when the run ends, so the cores are free between frames).
     #[arg(long, env = "EDGE_ORT_SPINNING", default_value_t = true, action = clap::ArgAction::Set)]
     pub ort_spinning: bool,
     /// Inference threads (each runs one frame at a time).
