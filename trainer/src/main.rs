@@ -398,6 +398,7 @@ fn train(args: TrainArgs) -> Result<()> {
             jitter: args.jitter,
         },
         class_weighting: !args.no_class_weighting,
+        lovasz_weight: 0.0,
         seed: args.seed,
         freeze_prefixes: args
             .freeze

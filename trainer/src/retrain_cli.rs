@@ -132,6 +132,9 @@ pub struct RetrainArgs {
     crop_width: i64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Weight of the Lovasz-softmax (IoU surrogate) term beside the cross-entropy; 0 for cross-entropy alone.
+    #[arg(long, default_value_t = 0.0)]
+    lovasz_weight: f64,
     /// Fine-tune this many copies of the parent (seeds `seed`, `seed + 1`, ...) and publish their weight average.
     #[arg(long, default_value_t = 1)]
     soup_members: usize,
@@ -259,6 +262,7 @@ pub fn config(args: &RetrainArgs) -> RetrainConfig {
                 jitter: 0.25,
             },
             class_weighting: true,
+            lovasz_weight: args.lovasz_weight,
             seed: args.seed,
             freeze_prefixes: args
                 .freeze

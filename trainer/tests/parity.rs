@@ -60,6 +60,7 @@ fn small_step_config(work: &Path, freeze_prefixes: Vec<String>) -> TrainConfig {
             jitter: 0.1,
         },
         class_weighting: true,
+        lovasz_weight: 0.0,
         seed: 7,
         freeze_prefixes,
         validate_every: 1,

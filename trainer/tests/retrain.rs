@@ -108,6 +108,7 @@ fn tiny_config(camvid: &Path, work: &Path) -> RetrainConfig {
                 jitter: 0.1,
             },
             class_weighting: true,
+            lovasz_weight: 0.0,
             seed: 3,
             freeze_prefixes: vec!["_conv_stem.".into(), "_bn0.".into()],
             validate_every: 1,
