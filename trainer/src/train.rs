@@ -1,6 +1,7 @@
 //! The training loop: AdamW, warm-up then polynomial learning-rate decay, class-weighted cross-entropy with the
-//! ignore label (optionally plus a Lovasz-softmax term), checkpoints every epoch (weights, optimizer moments and the sampling generator's position, so a
-//! resumed run ends with the weights an uninterrupted one would have), evaluation on a validation split.
+//! ignore label (optionally plus a Lovasz-softmax term), checkpoints every epoch (weights, optimizer moments and the
+//! sampling generator's position, so a resumed run ends with the weights an uninterrupted one would have), evaluation
+//! on a validation split.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -360,34 +361,33 @@ fn learning_rate(config: &TrainConfig, step: usize, total_steps: usize) -> f64 {
 /// |[label == c] - p_c|, averaged over those classes. Pixels labelled [`IGNORE_LABEL`] do not count.
 fn lovasz_softmax(logits: &Tensor, labels: &Tensor) -> Tensor {
     let classes = logits.size()[1];
+    let labels = labels.reshape([-1]);
+    let kept = labels.ne(i64::from(IGNORE_LABEL)).nonzero().squeeze_dim(1);
+    if kept.numel() == 0 {
+        // A crop with no labelled pixel: nothing to score (the mean over no class would be NaN).
+        return Tensor::zeros([], (Kind::Float, logits.device()));
+    }
     let probabilities = logits
         .softmax(1, Kind::Float)
         .permute([0, 2, 3, 1])
-        .reshape([-1, classes]);
-    let labels = labels.reshape([-1]);
-    let valid = labels.ne(i64::from(IGNORE_LABEL));
-    let probabilities = probabilities.index_select(0, &valid.nonzero().squeeze_dim(1));
-    let labels = labels.masked_select(&valid);
-    let foreground = labels.one_hot(classes).to_kind(Kind::Float);
-    let errors = (&foreground - &probabilities).abs();
-    let (sorted_errors, order) = errors.sort(0, true);
+        .reshape([-1, classes])
+        .index_select(0, &kept);
+    let foreground = labels
+        .index_select(0, &kept)
+        .one_hot(classes)
+        .to_kind(Kind::Float);
+    let (sorted_errors, order) = (&foreground - &probabilities).abs().sort(0, true);
     let sorted_foreground = foreground.gather(0, &order, false);
     let totals = sorted_foreground.sum_dim_intlist(0, false, Kind::Float);
     let intersection = &totals - sorted_foreground.cumsum(0, Kind::Float);
-    let union = &totals
-        + sorted_foreground
-            .ones_like()
-            .g_sub(&sorted_foreground)
-            .cumsum(0, Kind::Float);
+    let union = &totals + (sorted_foreground.neg() + 1.0).cumsum(0, Kind::Float);
     let jaccard = (intersection / union).neg() + 1.0;
     // The extension's weights are the Jaccard loss's increments along the sorted errors.
-    let pixels = jaccard.size()[0];
-    let increments = Tensor::cat(
-        &[
-            jaccard.narrow(0, 0, 1),
-            jaccard.narrow(0, 1, pixels - 1) - jaccard.narrow(0, 0, pixels - 1),
-        ],
+    let increments = jaccard.diff(
+        1,
         0,
+        Some(jaccard.zeros_like().narrow(0, 0, 1)),
+        None::<Tensor>,
     );
     let per_class = (sorted_errors * increments).sum_dim_intlist(0, false, Kind::Float);
     per_class.masked_select(&totals.gt(0.0)).mean(Kind::Float)
@@ -481,6 +481,15 @@ mod tests {
             &[0, 0, 1, ignored],
         );
         assert!((loss - 0.433_333).abs() < 1e-5, "{loss}");
+    }
+
+    #[test]
+    fn lovasz_softmax_is_zero_for_a_crop_without_labelled_pixels() {
+        let ignored = i64::from(IGNORE_LABEL);
+        assert_eq!(
+            lovasz_of(&[&[0.8, 0.4], &[0.2, 0.6]], &[ignored, ignored]),
+            0.0
+        );
     }
 
     #[test]
