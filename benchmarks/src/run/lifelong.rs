@@ -7,7 +7,9 @@
 //! A later task can take several rounds (`lifelong_training` hyperparameter `rounds`, default 1): the robot meets
 //! the task's stream again with the model it serves after the previous round, so the frames it uploads are
 //! labelled with that model's better class scores and retrained from it (self-training with a teacher that
-//! improves with the student).
+//! improves with the student). Hyperparameter `buffer` says what a round retrains on: `round` (default) the
+//! frames uploaded in that round only, `all` every frame uploaded so far in the run, a frame uploaded again with
+//! its newest cloud label.
 //!
 //! Rows of the accuracy matrix: the model before any round, then after each round. Columns: the tasks' labelled
 //! validation splits. With `A[r][j]` the mIoU on task `j` after round `r`, and `L(j)` the row after task `j`'s
@@ -19,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use hard_example::Dims;
@@ -150,7 +152,7 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
     // What the last round's retrained model scored, published or not (the gate's own figures).
     let mut candidate = None;
     let mut published_rounds = 0;
-    // Every lifelong_training hyperparameter but `rounds` is a `trainer retrain run` flag (`learning_rate` ->
+    // Every other lifelong_training hyperparameter is a `trainer retrain run` flag (`learning_rate` ->
     // `--learning-rate`), with the same defaults and checks.
     let training = spec.module(ModuleType::LifelongTraining);
     let rounds_per_task = match training.map(|m| m.number("rounds")).transpose()?.flatten() {
@@ -158,16 +160,23 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
         Some(n) => bail!("lifelong_training `rounds` must be a whole number >= 1, not {n}"),
         None => 1,
     };
+    let whole_buffer = match training.map(|m| m.string("buffer")).transpose()?.flatten() {
+        None => false,
+        Some(scope) if scope == "round" => false,
+        Some(scope) if scope == "all" => true,
+        Some(other) => bail!("lifelong_training `buffer` must be `round` or `all`, not `{other}`"),
+    };
     let named: Vec<(String, String)> = training
         .map(|m| {
             m.params
                 .iter()
-                .filter(|(k, _)| k.as_str() != "rounds")
+                .filter(|(k, _)| !NOT_RETRAIN_FLAGS.contains(&k.as_str()))
                 .map(|(k, v)| (k.replace('_', "-"), value_text(v)))
                 .collect()
         })
         .unwrap_or_default();
     let mut round = 0;
+    let mut previous_export: Option<PathBuf> = None;
     for task in tasks.iter().skip(1) {
         for _ in 0..rounds_per_task {
             round += 1;
@@ -176,6 +185,10 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
             let (seen, sent) = stream_task(spec, task, &live, &export, args)?;
             streamed += seen;
             uploaded += sent;
+            if let (true, Some(previous)) = (whole_buffer, &previous_export) {
+                carry_over(previous, &export)?;
+            }
+            previous_export = Some(export.clone());
             let mut flags = vec![
                 ("registry", path_text(&registry_dir)),
                 ("seed-model", path_text(&seed_model)),
@@ -272,6 +285,44 @@ pub fn run(job: &Job, spec: &RunSpec, id: &str, dir: &Path, args: &Args) -> Resu
     );
     result.lifelong = Some(matrix);
     Ok(result)
+}
+
+/// `lifelong_training` hyperparameters that set up the rounds rather than being `trainer retrain run` flags.
+const NOT_RETRAIN_FLAGS: [&str; 2] = ["rounds", "buffer"];
+
+/// Adds to the `current` export every entry of the `previous` one that `current` does not hold, before its own
+/// (the index lists the oldest first), so the round retrains on all frames uploaded so far; a frame in both keeps
+/// `current`'s label, the one made with the better model.
+fn carry_over(previous: &Path, current: &Path) -> Result<()> {
+    let read_entries = |dir: &Path| -> Result<Vec<String>> {
+        let index = std::fs::read_to_string(dir.join(INDEX_FILE))
+            .with_context(|| format!("reading {}", dir.join(INDEX_FILE).display()))?;
+        Ok(index
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .map(str::to_owned)
+            .collect())
+    };
+    let label_of = |line: &str| line.split_whitespace().nth(1).unwrap_or("").to_owned();
+    let current_entries = read_entries(current)?;
+    let held: std::collections::HashSet<String> =
+        current_entries.iter().map(|line| label_of(line)).collect();
+    let mut index = format!("{INDEX_HEADER}\n");
+    for line in read_entries(previous)? {
+        if held.contains(&label_of(&line)) {
+            continue;
+        }
+        for file in line.split_whitespace() {
+            std::fs::copy(previous.join(file), current.join(file))
+                .with_context(|| format!("copying {file} from {}", previous.display()))?;
+        }
+        let _ = writeln!(index, "{line}");
+    }
+    for line in current_entries {
+        let _ = writeln!(index, "{line}");
+    }
+    std::fs::write(current.join(INDEX_FILE), index)?;
+    Ok(())
 }
 
 /// Streams `task`'s frames through the live model, the miner (every frame when the algorithm has none) and the
@@ -396,6 +447,42 @@ mod tests {
         assert!((matrix.fwt() - 0.07).abs() < 1e-12);
         assert!((matrix.task_avg_acc() - 0.555).abs() < 1e-12);
         assert!(matrix.markdown().contains("| round 1 | 0.6600 | 0.4500 |"));
+    }
+
+    #[test]
+    fn carrying_over_keeps_older_frames_and_the_newest_labels() -> Result<()> {
+        let root = std::env::temp_dir().join(format!("carry-over-{}", std::process::id()));
+        let write_export = |name: &str, entries: &[(&str, &[u8])]| -> Result<std::path::PathBuf> {
+            let dir = root.join(name);
+            std::fs::create_dir_all(dir.join("images"))?;
+            std::fs::create_dir_all(dir.join("labels"))?;
+            let mut index = format!("{INDEX_HEADER}\n");
+            for (frame, label) in entries {
+                std::fs::write(dir.join(format!("images/{frame}.png")), frame.as_bytes())?;
+                std::fs::write(dir.join(format!("labels/{frame}.png")), label)?;
+                let _ = writeln!(index, "images/{frame}.png labels/{frame}.png");
+            }
+            std::fs::write(dir.join(INDEX_FILE), index)?;
+            Ok(dir)
+        };
+        let previous = write_export("round-1", &[("a", b"old a"), ("b", b"old b")])?;
+        let current = write_export("round-2", &[("b", b"new b"), ("c", b"new c")])?;
+        carry_over(&previous, &current)?;
+        let index = std::fs::read_to_string(current.join(INDEX_FILE))?;
+        let frames: Vec<&str> = index.lines().skip(1).collect();
+        assert_eq!(
+            frames,
+            [
+                "images/a.png labels/a.png",
+                "images/b.png labels/b.png",
+                "images/c.png labels/c.png"
+            ]
+        );
+        assert_eq!(std::fs::read(current.join("labels/a.png"))?, b"old a");
+        assert_eq!(std::fs::read(current.join("images/a.png"))?, b"a");
+        assert_eq!(std::fs::read(current.join("labels/b.png"))?, b"new b");
+        std::fs::remove_dir_all(&root)?;
+        Ok(())
     }
 
     #[test]
