@@ -19,17 +19,17 @@
 //! - FWT = mean over the later tasks of `A[L(j)][j] - A[0][j]` (Ianvs's FWT: what learning a task gained on it),
 //! - task_avg_acc = mean of the last row.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use hard_example::Dims;
-use models::dataset::Sample;
+use models::dataset::{Sample, read_index};
 use models::evaluation::evaluate_edge;
 use models::image_ops::encode_label_png;
 use models::paths::edge_model_dir;
-use models::replay_export::{INDEX_FILE, INDEX_HEADER};
+use models::replay_export::{INDEX_FILE, INDEX_HEADER, cloud_label_path, image_path, index_line};
 use models::{EdgeModel, SessionConfig};
 use serde::Serialize;
 use trainer::registry::Registry;
@@ -294,35 +294,42 @@ const NOT_RETRAIN_FLAGS: [&str; 2] = ["rounds", "buffer"];
 /// (the index lists the oldest first), so the round retrains on all frames uploaded so far; a frame in both keeps
 /// `current`'s label, the one made with the better model.
 fn carry_over(previous: &Path, current: &Path) -> Result<()> {
-    let read_entries = |dir: &Path| -> Result<Vec<String>> {
-        let index = std::fs::read_to_string(dir.join(INDEX_FILE))
-            .with_context(|| format!("reading {}", dir.join(INDEX_FILE).display()))?;
-        Ok(index
-            .lines()
-            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-            .map(str::to_owned)
-            .collect())
-    };
-    let label_of = |line: &str| line.split_whitespace().nth(1).unwrap_or("").to_owned();
-    let current_entries = read_entries(current)?;
-    let held: std::collections::HashSet<String> =
-        current_entries.iter().map(|line| label_of(line)).collect();
-    let mut index = format!("{INDEX_HEADER}\n");
-    for line in read_entries(previous)? {
-        if held.contains(&label_of(&line)) {
-            continue;
-        }
-        for file in line.split_whitespace() {
-            std::fs::copy(previous.join(file), current.join(file))
-                .with_context(|| format!("copying {file} from {}", previous.display()))?;
-        }
-        let _ = writeln!(index, "{line}");
+    let current_samples = read_index(&current.join(INDEX_FILE), Some(current))?;
+    let held: HashSet<String> = current_samples.iter().map(Sample::name).collect();
+    let carried: Vec<Sample> = read_index(&previous.join(INDEX_FILE), Some(previous))?
+        .into_iter()
+        .filter(|sample| !held.contains(&sample.name()))
+        .collect();
+    for sample in &carried {
+        let name = sample.name();
+        let label = sample
+            .label
+            .as_ref()
+            .with_context(|| format!("{name} in {} has no label", previous.display()))?;
+        std::fs::copy(
+            &sample.image,
+            current.join(image_path(&name, image_extension(sample))),
+        )?;
+        std::fs::copy(label, current.join(cloud_label_path(&name)))?;
     }
-    for line in current_entries {
-        let _ = writeln!(index, "{line}");
+    let mut index = format!("{INDEX_HEADER}\n");
+    for sample in carried.iter().chain(&current_samples) {
+        let _ = writeln!(
+            index,
+            "{}",
+            index_line(&sample.name(), image_extension(sample))
+        );
     }
     std::fs::write(current.join(INDEX_FILE), index)?;
     Ok(())
+}
+
+fn image_extension(sample: &Sample) -> &str {
+    sample
+        .image
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("png")
 }
 
 /// Streams `task`'s frames through the live model, the miner (every frame when the algorithm has none) and the
@@ -397,20 +404,13 @@ fn stream_task(
                 Teacher::GroundTruth => sample.load_labelled()?.1.into_raw(),
             };
             let name = sample.name();
-            let extension = sample
-                .image
-                .extension()
-                .and_then(|e| e.to_str())
-                .unwrap_or("png");
-            std::fs::copy(
-                &sample.image,
-                export.join(format!("images/{name}.{extension}")),
-            )?;
+            let extension = image_extension(sample);
+            std::fs::copy(&sample.image, export.join(image_path(&name, extension)))?;
             std::fs::write(
-                export.join(format!("labels/{name}.png")),
+                export.join(cloud_label_path(&name)),
                 encode_label_png(&labels, edge.width, edge.height)?,
             )?;
-            let _ = writeln!(index, "images/{name}.{extension} labels/{name}.png");
+            let _ = writeln!(index, "{}", index_line(&name, extension));
             uploaded += 1;
         }
         progress.inc(1);
