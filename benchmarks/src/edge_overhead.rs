@@ -225,6 +225,10 @@ const SERVICE_STAGES: [&str; 7] = [
 /// The stages the raw pipeline does too (decode, preprocess, run, softmax/argmax), as indices into
 /// [`SERVICE_STAGES`]; everything else in the round trip is what the service adds.
 const PIPELINE_STAGES: [usize; 4] = [0, 2, 3, 4];
+/// The stages the service runs one after the other, as indices into [`SERVICE_STAGES`].
+const SEQUENTIAL_STAGES: [usize; 5] = [0, 1, 2, 3, 4];
+/// Mining and rendering, which the service runs side by side: a request spends the longer of the two on them.
+const SIDE_BY_SIDE_STAGES: [usize; 2] = [5, 6];
 
 impl Samples {
     fn add_stages(&mut self, timings: &serde_json::Value) {
@@ -242,11 +246,19 @@ impl Samples {
         self.per_request(|i| self.service[i] - self.stage_sum(&PIPELINE_STAGES, i))
     }
 
-    /// Per request: the handler's own `total_ms` minus every stage it timed, i.e. reading the body and handing the
-    /// frame to an inference thread and back.
+    /// Per request: the handler's own `total_ms` minus the time its stages took, i.e. reading the body, handing the
+    /// frame to an inference thread and back, and waiting for the side-by-side stages to join.
     fn handler_rest(&self) -> Vec<f64> {
-        let all: Vec<usize> = (0..SERVICE_STAGES.len()).collect();
-        self.per_request(|i| self.handler_total[i] - self.stage_sum(&all, i))
+        self.per_request(|i| self.handler_total[i] - self.staged(i))
+    }
+
+    /// Per request: the time its stages took, the side-by-side ones counted once (the longer of them).
+    fn staged(&self, request: usize) -> f64 {
+        let side_by_side = SIDE_BY_SIDE_STAGES
+            .iter()
+            .map(|&s| self.stages[s][request])
+            .fold(0.0, f64::max);
+        self.stage_sum(&SEQUENTIAL_STAGES, request) + side_by_side
     }
 
     /// Per request: the round trip minus the handler's `total_ms`, i.e. connection handling, routing, the JSON
@@ -315,19 +327,27 @@ fn render(
     );
     out += "\nWhere the service's time goes (its own `timings`, medians; the rest is HTTP, JSON and the hand-over \
             between the async and inference threads):\n\n| stage | median ms |\n|---|---|\n";
-    let mut accounted = 0.0;
-    for (stage, values) in SERVICE_STAGES.iter().zip(&samples.stages) {
-        let value = median(values);
-        accounted += value;
-        out += &format!("| {} | {value:.2} |\n", stage.trim_end_matches("_ms"));
+    for (index, (stage, values)) in SERVICE_STAGES.iter().zip(&samples.stages).enumerate() {
+        let side_by_side = if SIDE_BY_SIDE_STAGES.contains(&index) {
+            " (side by side with the other)"
+        } else {
+            ""
+        };
+        out += &format!(
+            "| {}{side_by_side} | {:.2} |\n",
+            stage.trim_end_matches("_ms"),
+            median(values)
+        );
     }
+    let staged: Vec<f64> = samples.per_request(|i| samples.staged(i));
     out += &format!(
-        "| rest of the round trip | {:.2} |\n\n",
-        http_med - accounted
+        "| rest of the round trip (round trip minus the stages, mining and render counted once) | {:.2} |\n\n",
+        median(&samples.per_request(|i| samples.service[i] - staged[i]))
     );
     out += &format!(
         "That rest, per request (medians): {:.2} ms inside the handler (reading the body, handing the frame to an \
-         inference thread and back) and {:.2} ms outside it (connection, routing, JSON answer, the client's side).\n\n",
+         inference thread and back, joining mining and render) and {:.2} ms outside it (connection, routing, JSON \
+         answer, the client's side).\n\n",
         median(&samples.handler_rest()),
         median(&samples.outside_handler()),
     );

@@ -58,7 +58,7 @@ pub struct ServeArgs {
     /// Seconds between checks of the model directory; 0 disables hot updates.
     #[arg(long, env = "EDGE_MODEL_POLL_SECS", default_value_t = 5)]
     pub model_poll_secs: u64,
-    /// ONNX Runtime threads per inference.
+    /// ONNX Runtime threads per inference; as many threads then turn the model output into the answer.
     #[arg(long, env = "EDGE_INTRA_THREADS", default_value_t = 2)]
     pub intra_threads: usize,
     /// Let idle ONNX Runtime threads busy-wait between operators within a run (faster model runs; they stop

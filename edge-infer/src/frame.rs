@@ -4,9 +4,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use hard_example::{Dims, Miner};
+use hard_example::{Decision, Dims, Miner};
 use image::RgbImage;
-use models::image_ops;
+use models::{EdgeOutput, image_ops};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use wire::QuantisedScores;
@@ -108,7 +108,65 @@ pub fn process(
         .segment(&image)
         .map_err(|e| ApiError::Inference(e.to_string()))?;
 
-    let mining_start = Instant::now();
+    // The miner and the rendering of the edge answer only read the model's output, so they run side by side: the
+    // model's threads are idle by now. The edge answer is rendered even when the cloud is asked: it is the fallback
+    // and must be ready on time.
+    let mut rendered = None;
+    let mined = rayon::in_place_scope(|scope| {
+        scope.spawn(|_| {
+            let render_start = Instant::now();
+            let result = render(
+                &output.labels,
+                output.width,
+                output.height,
+                job.overlay.then_some(&image),
+                &model,
+            );
+            rendered = Some((result, ms_since(render_start)));
+        });
+        let mining_start = Instant::now();
+        mine(&output, job.collaborate, job.cloud_available, miner)
+            .map(|(decision, upload)| (decision, upload, ms_since(mining_start)))
+    });
+    let (decision, upload, mining_ms) = mined?;
+    // The scope returns once its spawned job has run, so this is always set.
+    let (rendered, render_ms) =
+        rendered.ok_or_else(|| ApiError::Internal("the label map was not rendered".into()))?;
+    let rendered = rendered?;
+    let upload = upload.map(|upload| Upload {
+        image: job.overlay.then_some(image),
+        ..upload
+    });
+    Ok(EdgeFrame {
+        width: output.width,
+        height: output.height,
+        rendered,
+        miner: MinerReport {
+            score: decision.score,
+            hard: decision.hard,
+            scorer: miner.scorer_name.clone(),
+        },
+        upload,
+        timings: EdgeTimings {
+            decode_ms,
+            queue_ms,
+            preprocess_ms: output.preprocess_ms,
+            inference_ms: output.inference_ms,
+            postprocess_ms: output.postprocess_ms,
+            mining_ms,
+            render_ms,
+        },
+        model,
+    })
+}
+
+/// Scores the frame and, when it goes to the cloud, pools the class scores the cloud needs from the edge.
+fn mine(
+    output: &EdgeOutput,
+    collaborate: Collaborate,
+    cloud_available: bool,
+    miner: &SharedMiner,
+) -> Result<(Decision, Option<Upload>), ApiError> {
     let dims = Dims::new(
         output.classes,
         output.score_height as usize,
@@ -116,8 +174,8 @@ pub fn process(
     );
     // What the request (and the configuration) decides regardless of the miner; the miner's policy is told what
     // really happens, so frames kept on the edge spend no upload budget or rate-cap token.
-    let overridden = match job.collaborate {
-        _ if !job.cloud_available => Some(false),
+    let overridden = match collaborate {
+        _ if !cloud_available => Some(false),
         Collaborate::Auto => None,
         Collaborate::Always => Some(true),
         Collaborate::Never => Some(false),
@@ -152,43 +210,7 @@ pub fn process(
             image: None,
         }
     });
-    let mining_ms = ms_since(mining_start);
-
-    // The edge answer is rendered even when the cloud is asked: it is the fallback and must be ready on time.
-    let render_start = Instant::now();
-    let rendered = render(
-        &output.labels,
-        output.width,
-        output.height,
-        job.overlay.then_some(&image),
-        &model,
-    )?;
-    let render_ms = ms_since(render_start);
-    let upload = upload.map(|upload| Upload {
-        image: job.overlay.then_some(image),
-        ..upload
-    });
-    Ok(EdgeFrame {
-        width: output.width,
-        height: output.height,
-        rendered,
-        miner: MinerReport {
-            score: decision.score,
-            hard: decision.hard,
-            scorer: miner.scorer_name.clone(),
-        },
-        upload,
-        timings: EdgeTimings {
-            decode_ms,
-            queue_ms,
-            preprocess_ms: output.preprocess_ms,
-            inference_ms: output.inference_ms,
-            postprocess_ms: output.postprocess_ms,
-            mining_ms,
-            render_ms,
-        },
-        model,
-    })
+    Ok((decision, upload))
 }
 
 /// Encodes a label map, and an overlay on `overlay_on` when given, and counts pixels per class.

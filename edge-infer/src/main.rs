@@ -13,6 +13,13 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => {
             let config = args.resolve()?;
+            // The pool that turns a model output into an answer (labels, scores, rendering) once the run is done:
+            // as many threads as the model may use, whose cores are idle by then.
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(config.session.intra_threads)
+                .thread_name(|index| format!("answer-{index}"))
+                .build_global()
+                .context("cannot start the answer threads")?;
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;

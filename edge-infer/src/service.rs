@@ -57,7 +57,8 @@ pub struct SegmentOptions {
 }
 
 /// Milliseconds per stage; `cloud_ms` is 0 when the cloud was not asked. `postprocess_ms` is the model output's
-/// softmax and argmax, `render_ms` the encoding of the edge's label map (and overlay) and its class counts.
+/// softmax and argmax, `render_ms` the encoding of the edge's label map (and overlay) and its class counts, which
+/// runs side by side with `mining_ms`, so the two overlap in `total_ms`.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct Timings {
     pub decode_ms: f64,

@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use models::edge::SCORE_STEP;
-use models::image_ops::labels_and_subsampled_softmax;
+use models::image_ops::{class_counts, encode_label_png, labels_and_subsampled_softmax};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -45,6 +45,14 @@ fn postprocess(c: &mut Criterion) {
         b.iter(|| {
             labels_and_subsampled_softmax(black_box(&logits), CLASSES, HEIGHT, WIDTH, SCORE_STEP)
         })
+    });
+    // What the edge does with the labels for every answer (its `render` stage without an overlay).
+    let labels = labels_and_subsampled_softmax(&logits, CLASSES, HEIGHT, WIDTH, SCORE_STEP).labels;
+    group.bench_function("class_counts", |b| {
+        b.iter(|| class_counts(black_box(&labels), CLASSES))
+    });
+    group.bench_function("encode_label_png", |b| {
+        b.iter(|| encode_label_png(black_box(&labels), WIDTH as u32, HEIGHT as u32))
     });
     group.finish();
 }
