@@ -39,6 +39,10 @@ pub struct Args {
     /// ONNX Runtime intra-op threads, for both the raw runs and the service.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Inference threads of the service (edge-infer's `--workers`), each with its own ONNX Runtime session of
+    /// `threads / workers` threads, so that the service runs on as many threads as the raw runs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
     /// ONNX Runtime thread spinning, for both the raw runs and the service (edge-infer's `--ort-spinning`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     ort_spinning: bool,
@@ -106,8 +110,14 @@ pub fn run(args: &Args) -> Result<()> {
             .args(["serve", "--listen", &args.listen, "--queue-size", "64"])
             .arg("--model-dir")
             .arg(&args.model)
+            .arg("--workers")
+            .arg(args.workers.to_string())
             .arg("--intra-threads")
-            .arg(args.threads.to_string())
+            .arg(
+                (args.threads / usize::from(args.workers))
+                    .max(1)
+                    .to_string(),
+            )
             .arg("--ort-spinning")
             .arg(args.ort_spinning.to_string())
             .stdout(Stdio::null())
@@ -297,13 +307,14 @@ fn render(
     };
     let mut out = format!(
         "Command: `cargo run --release -p benchmarks -- edge-overhead --frames {} --rounds {} --threads {} \
-         --ort-spinning {} --idle-ms {} --clients {} --seconds {} --windows {}` (edge model {}, 480x360 CamVid day-val \
+         --workers {} --ort-spinning {} --idle-ms {} --clients {} --seconds {} --windows {}` (edge model {}, 480x360 CamVid day-val \
          PNGs; the raw paths and the service alternate frame by frame, each after {} ms idle, and take turns in the \
          throughput windows; {}).\n\n\
          | path | median ms | p95 ms | vs raw model |\n|---|---|---|---|\n",
         args.frames,
         args.rounds,
         args.threads,
+        args.workers,
         args.ort_spinning,
         args.idle_ms,
         args.clients,

@@ -65,7 +65,8 @@ pub struct ServeArgs {
     /// spinning when the run ends, so the cores are free between frames).
     #[arg(long, env = "EDGE_ORT_SPINNING", default_value_t = true, action = clap::ArgAction::Set)]
     pub ort_spinning: bool,
-    /// Inference threads (each runs one frame at a time).
+    /// Inference threads, each running one frame at a time on its own ONNX Runtime session of `--intra-threads`
+    /// threads.
     #[arg(long, env = "EDGE_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
     /// Frames that may wait for an inference thread; more are refused with 429.

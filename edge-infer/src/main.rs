@@ -14,9 +14,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = args.resolve()?;
             // The pool that turns a model output into an answer (labels, scores, rendering) once the run is done:
-            // as many threads as the model may use, whose cores are idle by then.
+            // as many threads as the model runs may use at once, whose cores are idle by then.
             rayon::ThreadPoolBuilder::new()
-                .num_threads(config.session.intra_threads)
+                .num_threads(config.session.intra_threads * config.workers)
                 .thread_name(|index| format!("answer-{index}"))
                 .build_global()
                 .context("cannot start the answer threads")?;

@@ -64,6 +64,8 @@ pub enum PollOutcome {
 pub struct ModelRegistry {
     dir: PathBuf,
     session: SessionConfig,
+    /// ONNX Runtime sessions per model: one per inference thread, so their model runs don't take turns.
+    sessions: usize,
     current: ArcSwapOption<LoadedModel>,
     previous: Mutex<Option<Arc<LoadedModel>>>,
     /// Fingerprint of the last files tried, loaded or refused, so a bad model is not re-hashed every poll.
@@ -72,10 +74,11 @@ pub struct ModelRegistry {
 }
 
 impl ModelRegistry {
-    pub fn new(dir: PathBuf, session: SessionConfig) -> Self {
+    pub fn new(dir: PathBuf, session: SessionConfig, sessions: usize) -> Self {
         Self {
             dir,
             session,
+            sessions,
             current: ArcSwapOption::empty(),
             previous: Mutex::new(None),
             last_attempt: Mutex::new(None),
@@ -114,7 +117,7 @@ impl ModelRegistry {
             *lock(&self.last_attempt) = Some(fingerprint);
             return PollOutcome::Unchanged;
         }
-        match EdgeModel::load(&self.dir, self.session) {
+        match EdgeModel::load_with_sessions(&self.dir, self.session, self.sessions) {
             Ok(model) => {
                 let manifest = model.manifest();
                 let loaded = Arc::new(LoadedModel {

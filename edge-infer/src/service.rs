@@ -130,7 +130,11 @@ impl App {
     /// Builds the service. The model is not loaded here: [`crate::registry::watch`] loads it in the background so
     /// the server answers `/health` at once and `/ready` once the model is in.
     pub fn new(config: ServerConfig) -> Result<Arc<Self>, StartError> {
-        let registry = Arc::new(ModelRegistry::new(config.model_dir.clone(), config.session));
+        let registry = Arc::new(ModelRegistry::new(
+            config.model_dir.clone(),
+            config.session,
+            config.workers,
+        ));
         let model_mirror = config
             .model_registry
             .as_ref()

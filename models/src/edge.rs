@@ -65,13 +65,24 @@ impl EdgeOutput {
 
 pub struct EdgeModel {
     manifest: Manifest,
-    /// ONNX Runtime sessions need `&mut` to run; one frame at a time per model is what the 2-core robot wants.
-    session: Mutex<Session>,
+    /// ONNX Runtime sessions need `&mut` to run, so each one runs one frame at a time; several let as many threads
+    /// run the model at once.
+    sessions: Vec<Mutex<Session>>,
 }
 
 impl EdgeModel {
     /// Loads the model in `dir` after verifying the checksums in its manifest.
     pub fn load(dir: &Path, config: SessionConfig) -> Result<Self, EdgeModelError> {
+        Self::load_with_sessions(dir, config, 1)
+    }
+
+    /// Loads the model with `sessions` ONNX Runtime sessions (at least one), each with `config`'s threads, so that
+    /// as many threads can run it at once.
+    pub fn load_with_sessions(
+        dir: &Path,
+        config: SessionConfig,
+        sessions: usize,
+    ) -> Result<Self, EdgeModelError> {
         let loaded = LoadedManifest::load_verified(dir)?;
         if loaded.manifest.kind != "edge-segmenter" {
             return Err(EdgeModelError::WrongKind {
@@ -79,10 +90,13 @@ impl EdgeModel {
                 kind: loaded.manifest.kind.clone(),
             });
         }
-        let session = build_session(&loaded.file("model")?, config)?;
+        let file = loaded.file("model")?;
+        let sessions = (0..sessions.max(1))
+            .map(|_| build_session(&file, config).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             manifest: loaded.manifest,
-            session: Mutex::new(session),
+            sessions,
         })
     }
 
@@ -97,10 +111,17 @@ impl EdgeModel {
     /// Runs the model on an already preprocessed NCHW tensor. The logits stay in ONNX Runtime's memory: a copy of a
     /// 480x360 frame's 7.6 MB would cost more than the argmax over them.
     pub fn run(&self, input: &ndarray::Array4<f32>) -> Result<Logits, EdgeModelError> {
+        // A free session if there is one (with a session per calling thread there always is), else wait for the
+        // first.
         let mut session = self
-            .session
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .sessions
+            .iter()
+            .find_map(|session| session.try_lock().ok())
+            .unwrap_or_else(|| {
+                self.sessions[0]
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+            });
         let tensor = TensorRef::from_array_view(input.view())
             .map_err(|e| RuntimeError::Run(e.to_string()))?;
         let outputs = session

@@ -79,3 +79,52 @@ fn edge_model_segments_real_daylight_frames_well() {
     );
     assert!(scores.miou > 0.45, "mIoU {}", scores.miou);
 }
+
+#[test]
+fn sessions_of_one_model_segment_frames_at_once_as_one_session_does() {
+    let Some(camvid) =
+        camvid_or_skip("sessions_of_one_model_segment_frames_at_once_as_one_session_does")
+    else {
+        return;
+    };
+    let session = SessionConfig {
+        intra_threads: 1,
+        ..SessionConfig::default()
+    };
+    let single = EdgeModel::load(&edge_model_dir(), session).unwrap();
+    let pair = EdgeModel::load_with_sessions(&edge_model_dir(), session, 2).unwrap();
+    let samples = read_index(&camvid.join("index/day-val.txt"), None).unwrap();
+    let images: Vec<_> = samples
+        .iter()
+        .step_by(50)
+        .take(4)
+        .map(|sample| sample.load_labelled().unwrap().0)
+        .collect();
+    // Two threads take turns through the frames, so the two sessions run side by side.
+    let concurrent: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let halves: Vec<_> = [0, 1]
+            .map(|parity| {
+                let (pair, images) = (&pair, &images);
+                scope.spawn(move || {
+                    images
+                        .iter()
+                        .enumerate()
+                        .filter(|(index, _)| index % 2 == parity)
+                        .map(|(index, image)| (index, pair.segment(image).unwrap().labels))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .into_iter()
+            .collect();
+        let mut labels: Vec<(usize, Vec<u8>)> = halves
+            .into_iter()
+            .flat_map(|half| half.join().unwrap())
+            .collect();
+        labels.sort_by_key(|(index, _)| *index);
+        labels.into_iter().map(|(_, labels)| labels).collect()
+    });
+    assert_eq!(concurrent.len(), images.len());
+    for (image, labels) in images.iter().zip(&concurrent) {
+        assert_eq!(&single.segment(image).unwrap().labels, labels);
+    }
+}
