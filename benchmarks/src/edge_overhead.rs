@@ -39,9 +39,9 @@ pub struct Args {
     /// ONNX Runtime intra-op threads, for both the raw runs and the service.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Inference threads of the service (edge-infer's `--workers`), each with its own ONNX Runtime session of
-    /// `threads / workers` threads, so that the service runs on as many threads as the raw runs.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Inference threads of the service (edge-infer's `--workers`): a frame alone runs on `threads` threads, frames
+    /// side by side on one thread each.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     workers: u16,
     /// ONNX Runtime thread spinning, for both the raw runs and the service (edge-infer's `--ort-spinning`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -113,11 +113,7 @@ pub fn run(args: &Args) -> Result<()> {
             .arg("--workers")
             .arg(args.workers.to_string())
             .arg("--intra-threads")
-            .arg(
-                (args.threads / usize::from(args.workers))
-                    .max(1)
-                    .to_string(),
-            )
+            .arg(args.threads.to_string())
             .arg("--ort-spinning")
             .arg(args.ort_spinning.to_string())
             .stdout(Stdio::null())

@@ -65,9 +65,9 @@ pub struct ServeArgs {
     /// spinning when the run ends, so the cores are free between frames).
     #[arg(long, env = "EDGE_ORT_SPINNING", default_value_t = true, action = clap::ArgAction::Set)]
     pub ort_spinning: bool,
-    /// Inference threads, each running one frame at a time on its own ONNX Runtime session of `--intra-threads`
-    /// threads.
-    #[arg(long, env = "EDGE_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Inference threads, each running one frame at a time. A frame alone runs on `--intra-threads` threads; with
+    /// two or more workers, frames that overlap run on one thread each, side by side.
+    #[arg(long, env = "EDGE_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
     /// Frames that may wait for an inference thread; more are refused with 429.
     #[arg(long, env = "EDGE_QUEUE_SIZE", default_value_t = 4)]

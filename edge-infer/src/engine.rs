@@ -7,6 +7,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use models::Lane;
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
@@ -43,11 +44,13 @@ impl InferenceQueue {
         let (sender, receiver) = mpsc::sync_channel::<Queued>(capacity);
         let receiver = Arc::new(Mutex::new(receiver));
         let depth = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(AtomicUsize::new(0));
         let service_ms = Arc::new(AtomicU64::new(INITIAL_SERVICE_MS));
         for index in 0..workers {
             let worker = Worker {
                 receiver: Arc::clone(&receiver),
                 depth: Arc::clone(&depth),
+                busy: Arc::clone(&busy),
                 service_ms: Arc::clone(&service_ms),
                 registry: Arc::clone(&registry),
                 miner: Arc::clone(&miner),
@@ -119,6 +122,8 @@ impl InferenceQueue {
 struct Worker {
     receiver: Arc<Mutex<Receiver<Queued>>>,
     depth: Arc<AtomicUsize>,
+    /// Frames the inference threads are working on.
+    busy: Arc<AtomicUsize>,
     service_ms: Arc<AtomicU64>,
     registry: Arc<ModelRegistry>,
     miner: Arc<SharedMiner>,
@@ -144,14 +149,19 @@ impl Worker {
             }
             let started = Instant::now();
             let queue_ms = (started - queued.enqueued).as_secs_f64() * 1e3;
+            // A frame alone gets all the model's threads (the lowest latency); frames that overlap run on one
+            // thread each, side by side (the most frames per second).
+            let alone = self.busy.fetch_add(1, Ordering::SeqCst) == 0 && depth == 0;
+            let lane = if alone { Lane::Wide } else { Lane::Narrow };
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                frame::process(queued.job, queue_ms, &self.registry, &self.miner)
+                frame::process(queued.job, queue_ms, lane, &self.registry, &self.miner)
             }))
             .unwrap_or_else(|_| {
                 Err(ApiError::Internal(
                     "the inference thread panicked on this frame".into(),
                 ))
             });
+            self.busy.fetch_sub(1, Ordering::SeqCst);
             self.record_service_time(started);
             let _ = queued.reply.send(result);
         }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use hard_example::{Decision, Dims, Miner};
 use image::RgbImage;
-use models::{EdgeOutput, image_ops};
+use models::{EdgeOutput, Lane, image_ops};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use wire::QuantisedScores;
@@ -96,6 +96,7 @@ pub struct SharedMiner {
 pub fn process(
     job: FrameJob,
     queue_ms: f64,
+    lane: Lane,
     registry: &ModelRegistry,
     miner: &SharedMiner,
 ) -> Result<EdgeFrame, ApiError> {
@@ -105,7 +106,7 @@ pub fn process(
     let model = registry.current().ok_or(ApiError::ModelNotReady)?;
     let output = model
         .model
-        .segment(&image)
+        .segment_in(&image, lane)
         .map_err(|e| ApiError::Inference(e.to_string()))?;
 
     // The miner and the rendering of the edge answer only read the model's output, so they run side by side: the

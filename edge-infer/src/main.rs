@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
             // The pool that turns a model output into an answer (labels, scores, rendering) once the run is done:
             // as many threads as the model runs may use at once, whose cores are idle by then.
             rayon::ThreadPoolBuilder::new()
-                .num_threads(config.session.intra_threads * config.workers)
+                .num_threads(config.session.intra_threads.max(config.workers))
                 .thread_name(|index| format!("answer-{index}"))
                 .build_global()
                 .context("cannot start the answer threads")?;

@@ -64,8 +64,8 @@ pub enum PollOutcome {
 pub struct ModelRegistry {
     dir: PathBuf,
     session: SessionConfig,
-    /// ONNX Runtime sessions per model: one per inference thread, so their model runs don't take turns.
-    sessions: usize,
+    /// One-thread sessions per model beside the wide one: one per inference thread when there are several.
+    narrow_lanes: usize,
     current: ArcSwapOption<LoadedModel>,
     previous: Mutex<Option<Arc<LoadedModel>>>,
     /// Fingerprint of the last files tried, loaded or refused, so a bad model is not re-hashed every poll.
@@ -74,11 +74,11 @@ pub struct ModelRegistry {
 }
 
 impl ModelRegistry {
-    pub fn new(dir: PathBuf, session: SessionConfig, sessions: usize) -> Self {
+    pub fn new(dir: PathBuf, session: SessionConfig, narrow_lanes: usize) -> Self {
         Self {
             dir,
             session,
-            sessions,
+            narrow_lanes,
             current: ArcSwapOption::empty(),
             previous: Mutex::new(None),
             last_attempt: Mutex::new(None),
@@ -117,7 +117,7 @@ impl ModelRegistry {
             *lock(&self.last_attempt) = Some(fingerprint);
             return PollOutcome::Unchanged;
         }
-        match EdgeModel::load_with_sessions(&self.dir, self.session, self.sessions) {
+        match EdgeModel::load_with_lanes(&self.dir, self.session, self.narrow_lanes) {
             Ok(model) => {
                 let manifest = model.manifest();
                 let loaded = Arc::new(LoadedModel {

@@ -130,10 +130,16 @@ impl App {
     /// Builds the service. The model is not loaded here: [`crate::registry::watch`] loads it in the background so
     /// the server answers `/health` at once and `/ready` once the model is in.
     pub fn new(config: ServerConfig) -> Result<Arc<Self>, StartError> {
+        // With several inference threads, frames that run beside others get a one-thread session each.
+        let narrow_lanes = if config.workers > 1 {
+            config.workers
+        } else {
+            0
+        };
         let registry = Arc::new(ModelRegistry::new(
             config.model_dir.clone(),
             config.session,
-            config.workers,
+            narrow_lanes,
         ));
         let model_mirror = config
             .model_registry

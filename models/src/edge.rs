@@ -1,7 +1,7 @@
 //! The edge segmentation model: an ONNX graph plus its manifest, run through ONNX Runtime.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use image::RgbImage;
@@ -63,25 +63,36 @@ impl EdgeOutput {
     }
 }
 
+/// Which of a model's sessions runs a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// The session with all the configured threads: for a frame that has the cores to itself.
+    Wide,
+    /// A one-thread session, for a frame that runs beside others: single-thread runs side by side use the cores
+    /// better than runs taking turns with all of them (no waiting on each other between a run's operators), and the
+    /// frames' decoding and post-processing fill the gaps.
+    Narrow,
+}
+
 pub struct EdgeModel {
     manifest: Manifest,
-    /// ONNX Runtime sessions need `&mut` to run, so each one runs one frame at a time; several let as many threads
-    /// run the model at once.
-    sessions: Vec<Mutex<Session>>,
+    /// ONNX Runtime sessions need `&mut` to run, so each runs one frame at a time.
+    wide: Mutex<Session>,
+    narrow: Vec<Mutex<Session>>,
 }
 
 impl EdgeModel {
     /// Loads the model in `dir` after verifying the checksums in its manifest.
     pub fn load(dir: &Path, config: SessionConfig) -> Result<Self, EdgeModelError> {
-        Self::load_with_sessions(dir, config, 1)
+        Self::load_with_lanes(dir, config, 0)
     }
 
-    /// Loads the model with `sessions` ONNX Runtime sessions (at least one), each with `config`'s threads, so that
-    /// as many threads can run it at once.
-    pub fn load_with_sessions(
+    /// Loads the model with a [`Lane::Wide`] session of `config`'s threads and `narrow` [`Lane::Narrow`] sessions of
+    /// one thread each.
+    pub fn load_with_lanes(
         dir: &Path,
         config: SessionConfig,
-        sessions: usize,
+        narrow: usize,
     ) -> Result<Self, EdgeModelError> {
         let loaded = LoadedManifest::load_verified(dir)?;
         if loaded.manifest.kind != "edge-segmenter" {
@@ -91,12 +102,17 @@ impl EdgeModel {
             });
         }
         let file = loaded.file("model")?;
-        let sessions = (0..sessions.max(1))
-            .map(|_| build_session(&file, config).map(Mutex::new))
+        let one_thread = SessionConfig {
+            intra_threads: 1,
+            ..config
+        };
+        let narrow = (0..narrow)
+            .map(|_| build_session(&file, one_thread).map(Mutex::new))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             manifest: loaded.manifest,
-            sessions,
+            wide: Mutex::new(build_session(&file, config)?),
+            narrow,
         })
     }
 
@@ -111,17 +127,24 @@ impl EdgeModel {
     /// Runs the model on an already preprocessed NCHW tensor. The logits stay in ONNX Runtime's memory: a copy of a
     /// 480x360 frame's 7.6 MB would cost more than the argmax over them.
     pub fn run(&self, input: &ndarray::Array4<f32>) -> Result<Logits, EdgeModelError> {
-        // A free session if there is one (with a session per calling thread there always is), else wait for the
-        // first.
-        let mut session = self
-            .sessions
-            .iter()
-            .find_map(|session| session.try_lock().ok())
-            .unwrap_or_else(|| {
-                self.sessions[0]
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-            });
+        self.run_in(input, Lane::Wide)
+    }
+
+    /// [`Self::run`] in the given lane. A narrow run takes a free one-thread session (with one per calling thread
+    /// there always is one); without any, it runs wide.
+    pub fn run_in(
+        &self,
+        input: &ndarray::Array4<f32>,
+        lane: Lane,
+    ) -> Result<Logits, EdgeModelError> {
+        let mut session = match lane {
+            Lane::Narrow if !self.narrow.is_empty() => self
+                .narrow
+                .iter()
+                .find_map(|session| session.try_lock().ok())
+                .unwrap_or_else(|| lock_session(&self.narrow[0])),
+            _ => lock_session(&self.wide),
+        };
         let tensor = TensorRef::from_array_view(input.view())
             .map_err(|e| RuntimeError::Run(e.to_string()))?;
         let outputs = session
@@ -149,11 +172,16 @@ impl EdgeModel {
 
     /// Segments one RGB frame.
     pub fn segment(&self, image: &RgbImage) -> Result<EdgeOutput, EdgeModelError> {
+        self.segment_in(image, Lane::Wide)
+    }
+
+    /// [`Self::segment`] with the model run in the given lane.
+    pub fn segment_in(&self, image: &RgbImage, lane: Lane) -> Result<EdgeOutput, EdgeModelError> {
         let start = Instant::now();
         let spec = &self.manifest.input;
         let (input, _) = to_input_tensor(image, spec);
         let preprocessed = Instant::now();
-        let logits = self.run(&input)?;
+        let logits = self.run_in(&input, lane)?;
         let inferred = Instant::now();
         let classes = self.num_classes();
         // Labels from the full-resolution logits (same argmax, and exact whatever the softmax's rounding).
@@ -185,6 +213,12 @@ impl EdgeModel {
             postprocess_ms: ms(done - inferred),
         })
     }
+}
+
+fn lock_session(session: &Mutex<Session>) -> MutexGuard<'_, Session> {
+    session
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The edge model's output for one frame, `[1, classes, height, width]`, in ONNX Runtime's memory.

@@ -17,7 +17,7 @@ pub mod runtime;
 pub mod sam;
 pub mod semantic_head;
 
-pub use edge::{EdgeModel, EdgeOutput};
+pub use edge::{EdgeModel, EdgeOutput, Lane};
 pub use manifest::{Manifest, ManifestError};
 pub use runtime::{SessionConfig, init_runtime};
 pub use semantic_head::SemanticHead;

@@ -6,7 +6,7 @@ use models::dataset::read_index;
 use models::manifest::{LoadedManifest, ManifestError};
 use models::metrics::ConfusionMatrix;
 use models::paths::{camvid_or_skip, edge_model_dir, models_dir};
-use models::{EdgeModel, SessionConfig};
+use models::{EdgeModel, Lane, SessionConfig};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -81,18 +81,18 @@ fn edge_model_segments_real_daylight_frames_well() {
 }
 
 #[test]
-fn sessions_of_one_model_segment_frames_at_once_as_one_session_does() {
+fn narrow_lanes_segment_frames_side_by_side_as_a_one_thread_session_does() {
     let Some(camvid) =
-        camvid_or_skip("sessions_of_one_model_segment_frames_at_once_as_one_session_does")
+        camvid_or_skip("narrow_lanes_segment_frames_side_by_side_as_a_one_thread_session_does")
     else {
         return;
     };
-    let session = SessionConfig {
+    let one_thread = SessionConfig {
         intra_threads: 1,
         ..SessionConfig::default()
     };
-    let single = EdgeModel::load(&edge_model_dir(), session).unwrap();
-    let pair = EdgeModel::load_with_sessions(&edge_model_dir(), session, 2).unwrap();
+    let reference = EdgeModel::load(&edge_model_dir(), one_thread).unwrap();
+    let lanes = EdgeModel::load_with_lanes(&edge_model_dir(), SessionConfig::default(), 2).unwrap();
     let samples = read_index(&camvid.join("index/day-val.txt"), None).unwrap();
     let images: Vec<_> = samples
         .iter()
@@ -100,17 +100,19 @@ fn sessions_of_one_model_segment_frames_at_once_as_one_session_does() {
         .take(4)
         .map(|sample| sample.load_labelled().unwrap().0)
         .collect();
-    // Two threads take turns through the frames, so the two sessions run side by side.
-    let concurrent: Vec<Vec<u8>> = std::thread::scope(|scope| {
+    // Two threads take turns through the frames, so the two narrow sessions run side by side.
+    let side_by_side: Vec<Vec<u8>> = std::thread::scope(|scope| {
         let halves: Vec<_> = [0, 1]
             .map(|parity| {
-                let (pair, images) = (&pair, &images);
+                let (lanes, images) = (&lanes, &images);
                 scope.spawn(move || {
                     images
                         .iter()
                         .enumerate()
                         .filter(|(index, _)| index % 2 == parity)
-                        .map(|(index, image)| (index, pair.segment(image).unwrap().labels))
+                        .map(|(index, image)| {
+                            (index, lanes.segment_in(image, Lane::Narrow).unwrap().labels)
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -123,8 +125,8 @@ fn sessions_of_one_model_segment_frames_at_once_as_one_session_does() {
         labels.sort_by_key(|(index, _)| *index);
         labels.into_iter().map(|(_, labels)| labels).collect()
     });
-    assert_eq!(concurrent.len(), images.len());
-    for (image, labels) in images.iter().zip(&concurrent) {
-        assert_eq!(&single.segment(image).unwrap().labels, labels);
+    assert_eq!(side_by_side.len(), images.len());
+    for (image, labels) in images.iter().zip(&side_by_side) {
+        assert_eq!(&reference.segment(image).unwrap().labels, labels);
     }
 }
