@@ -243,34 +243,32 @@ pub fn labels_and_subsampled_softmax(
     let bands = rayon::current_num_threads().clamp(1, height.max(1));
     // Band boundaries at multiples of `step`, so every band starts on a row whose scores are kept.
     let band_rows = height.div_ceil(bands).div_ceil(step) * step;
-    let mut label_bands = labels.chunks_mut((band_rows * width).max(1));
-    let mut score_bands: Vec<Vec<&mut [f32]>> = Vec::new();
+    let label_bands: Vec<&mut [u8]> = labels.chunks_mut((band_rows * width).max(1)).collect();
+    // Each band's rows of every class plane (as many bands of score rows as of label rows, by the alignment above).
+    let mut score_bands: Vec<Vec<&mut [f32]>> = label_bands
+        .iter()
+        .map(|_| Vec::with_capacity(classes))
+        .collect();
     for plane in probabilities.chunks_mut(score_plane.max(1)) {
-        for (band, rows) in plane
-            .chunks_mut((band_rows / step * score_width).max(1))
-            .enumerate()
-        {
-            match score_bands.get_mut(band) {
-                Some(planes) => planes.push(rows),
-                None => score_bands.push(vec![rows]),
-            }
+        let rows = plane.chunks_mut((band_rows / step * score_width).max(1));
+        for (rows, planes) in rows.zip(&mut score_bands) {
+            planes.push(rows);
         }
     }
-    let mut score_bands = score_bands.into_iter();
+    let mut bands = label_bands.into_iter().zip(score_bands).enumerate().map(
+        |(index, (labels, probabilities))| BandOutput {
+            first_row: index * band_rows,
+            labels,
+            probabilities,
+        },
+    );
+    let last = bands.next_back();
     rayon::in_place_scope(|scope| {
-        let mut first_row = 0;
-        while let Some(labels) = label_bands.next() {
-            let band = BandOutput {
-                first_row,
-                labels,
-                probabilities: score_bands.next().unwrap_or_default(),
-            };
-            first_row += band_rows;
-            if label_bands.len() == 0 {
-                fill_band(logits, classes, height, width, step, band);
-            } else {
-                scope.spawn(move |_| fill_band(logits, classes, height, width, step, band));
-            }
+        for band in bands {
+            scope.spawn(move |_| fill_band(logits, classes, height, width, step, band));
+        }
+        if let Some(band) = last {
+            fill_band(logits, classes, height, width, step, band);
         }
     });
     LabelsAndScores {
